@@ -1,0 +1,29 @@
+"""``python -m api``: serve the API on $PORT (the Procfile's ``web``)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from api.app import create_app
+from shared.logs import configure_logging
+from shared.settings import load_settings
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.dev)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - Windows
+        pass
+    logging.getLogger("kaihooks.api").info("listening", extra={"port": settings.port})
+    web.run_app(create_app(settings), host="0.0.0.0", port=settings.port, access_log=None,
+                shutdown_timeout=10, print=None)
+
+
+if __name__ == "__main__":
+    main()

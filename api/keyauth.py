@@ -1,0 +1,160 @@
+"""API-key verification: checksum, keyed-hash lookup (cached), revocation, rate limit, last use.
+
+One Redis round trip per request carries the revocation check, the per-key rate
+limit and the once-a-minute ``last_used_at`` decision. Keys are cached in the
+process for at most ``key_cache_ttl_s``; a deleted key is refused on the next
+request on every process because deletion first sets a revocation marker that
+this round trip checks, and a Redis that restarted empty (new epoch) empties
+every process's cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import redis.exceptions
+from redis.asyncio import Redis
+
+from shared import apikeys, redis_keys
+from shared.errors import RateLimited, Unauthorized
+from shared.models import ApiKey
+from shared.repos import api_keys as key_repo
+from shared.settings import Settings
+
+log = logging.getLogger("kaihooks.api.keys")
+
+# KEYS: epoch, revoked marker, rate bucket, touch marker
+# ARGV: epoch candidate, emission interval (µs), burst, touch interval (s)
+# Returns {epoch, revoked, allowed, retry_after_us, touch}
+_CHECK_SCRIPT = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {epoch, 1, 0, 0, 0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[3]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  return {epoch, 0, 0, allow_at - now, 0}
+end
+redis.call('SET', KEYS[3], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local touched = redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[4])
+if touched then return {epoch, 0, 1, 0, 1} end
+return {epoch, 0, 1, 0, 0}
+"""
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class KeyVerifier:
+    """Owned by one API process; ``verify`` is the whole per-request cost of key auth."""
+
+    def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis) -> None:
+        self._settings = settings
+        self._db = db
+        self._redis = redis
+        self._script = redis.register_script(_CHECK_SCRIPT)
+        self._cache: dict[bytes, tuple[float, ApiKey]] = {}
+        self._epoch: bytes | None = None
+        self._epoch_candidate = os.urandom(12).hex()
+        self._used: dict[uuid.UUID, datetime] = {}
+        self._local_touch: dict[uuid.UUID, float] = {}
+        self._interval_us = int(1_000_000 / settings.rate_limit_per_s)
+
+    async def verify(self, token: str) -> ApiKey:
+        if not apikeys.is_well_formed(token):
+            raise Unauthorized()
+        key_hash = apikeys.keyed_hash(self._settings.secret_key_bytes, token)
+        key, from_cache = await self._lookup(key_hash)
+        if key is None or (key.expires_at is not None and key.expires_at <= datetime.now(UTC)):
+            raise Unauthorized()
+        try:
+            epoch, revoked, allowed, retry_after_us, touch = await self._script(
+                keys=[
+                    redis_keys.KEY_EPOCH,
+                    redis_keys.KEY_REVOKED.format(key_id=key.id),
+                    redis_keys.KEY_RATE.format(key_id=key.id),
+                    redis_keys.KEY_TOUCHED.format(key_id=key.id),
+                ],
+                args=[self._epoch_candidate, self._interval_us, self._settings.rate_limit_burst,
+                      self._settings.key_touch_interval_s],
+            )
+        except _REDIS_DOWN:
+            # Without Redis we cannot see revocations made elsewhere: trust only Postgres,
+            # and let the request through unthrottled rather than fail every integration.
+            log.warning("redis unavailable during key check; verifying against Postgres only")
+            self._cache.clear()
+            if from_cache:
+                return await self.verify(token)
+            self._touch_locally(key.id)
+            return key
+        if epoch != self._epoch:
+            self._cache.clear()
+            first = self._epoch is None
+            self._epoch = epoch
+            if from_cache and not first:
+                return await self.verify(token)
+        if revoked:
+            self._cache.pop(key_hash, None)
+            raise Unauthorized()
+        if not allowed:
+            raise RateLimited(retry_after_us / 1_000_000)
+        if touch:
+            self._used[key.id] = datetime.now(UTC)
+        return key
+
+    async def _lookup(self, key_hash: bytes) -> tuple[ApiKey | None, bool]:
+        now = time.monotonic()
+        hit = self._cache.get(key_hash)
+        if hit is not None and now - hit[0] < self._settings.key_cache_ttl_s:
+            return hit[1], True
+        key = await key_repo.by_hash(self._db, key_hash)
+        if key is not None:
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[key_hash] = (now, key)
+        return key, False
+
+    def _touch_locally(self, key_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        if now - self._local_touch.get(key_id, -1e9) >= self._settings.key_touch_interval_s:
+            self._local_touch[key_id] = now
+            self._used[key_id] = datetime.now(UTC)
+
+    async def flush_last_used(self) -> None:
+        """Write the batched ``last_used_at`` stamps in one statement."""
+        if not self._used:
+            return
+        used, self._used = self._used, {}
+        try:
+            await key_repo.touch_many(self._db, used)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.warning("could not record key last use; will retry", exc_info=True)
+            for key_id, at in used.items():
+                self._used.setdefault(key_id, at)
+
+    async def run_flusher(self, every_s: float = 5.0) -> None:
+        """Background task: flush stamps every few seconds until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                await self.flush_last_used()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush_last_used())

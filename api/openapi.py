@@ -1,0 +1,96 @@
+"""The OpenAPI 3.1 document, generated from the declared routes and their pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+from api.routing import Operation
+from api.schemas import Problem
+from shared import __version__
+
+_REF = "#/components/schemas/{model}"
+_PARAM = re.compile(r"\{(\w+)\}")
+_SECURITY = {
+    "none": [],
+    "key": [{"apiKey": []}],
+    "session": [{"session": []}],
+    "key_or_session": [{"apiKey": []}, {"session": []}],
+    "internal": [{"internal": []}],
+}
+_COMMON_ERRORS = {
+    "key": (401, 403, 404, 429),
+    "session": (401, 403, 404),
+    "key_or_session": (401, 403, 404, 429),
+    "internal": (401,),
+    "none": (),
+}
+
+
+def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
+    for name, sub in schema.pop("$defs", {}).items():
+        components[name] = sub
+    components[model.__name__] = schema
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _problem_response(components: dict[str, Any]) -> dict[str, Any]:
+    return {"description": "Problem details (RFC 9457)",
+            "content": {"application/problem+json": {"schema": _schema(Problem, components, "serialization")}}}
+
+
+def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "operationId": op.handler.__module__.rsplit(".", 1)[-1] + "_" + op.handler.__name__,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "security": _SECURITY[op.auth],
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PARAM.findall(op.path)
+        ],
+        "responses": {},
+    }
+    if op.query is not None:
+        for name, field in op.query.model_fields.items():
+            doc["parameters"].append({"name": name, "in": "query", "required": False,
+                                      "description": field.description or "", "schema": {"type": "string"}})
+    if op.body is not None:
+        doc["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _schema(op.body, components, "validation")}}}
+    ok: dict[str, Any] = {"description": "Success"}
+    if op.response is not None:
+        ok["content"] = {"application/json": {"schema": _schema(op.response, components, "serialization")}}
+    doc["responses"][str(op.status)] = ok
+    statuses = set(_COMMON_ERRORS[op.auth]) | set(op.errors)
+    if op.body is not None:
+        statuses |= {400, 413, 415, 422}
+    if op.query is not None:
+        statuses.add(422)
+    for status in sorted(statuses):
+        doc["responses"][str(status)] = _problem_response(components)
+    return doc
+
+
+def build(operations: list[Operation]) -> dict[str, Any]:
+    components: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kaihooks", "version": __version__,
+                 "description": "API keys and signed webhooks for KaiCalls businesses."},
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "kc_live_… API key"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "kaihooks_session"},
+                "internal": {"type": "http", "scheme": "bearer", "description": "KAIHOOKS_INTERNAL_TOKENS"},
+            },
+        },
+    }

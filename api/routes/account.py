@@ -1,0 +1,65 @@
+"""Sign-in, sign-out and /v1/me."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api import auth, render
+from api.context import DB, REDIS, SETTINGS
+from api.parsing import parse_body
+from api.routing import Routes
+from api.schemas import LoginIn, LoginOut, MeOut, business_out, memberships_out, user_out
+from shared.errors import Unauthorized
+from shared.repos import businesses
+from shared.repos import sessions as session_repo
+from shared.repos import users as user_repo
+from shared.sign_in import sign_in
+
+routes = Routes("account")
+
+
+@routes.post("/v1/auth/login", summary="Sign in to the dashboard", auth="none", body=LoginIn,
+             response=LoginOut, errors=(429,))
+async def login(request: web.Request) -> web.StreamResponse:
+    if "Authorization" in request.headers:
+        raise Unauthorized("API keys cannot sign in.")
+    body = await parse_body(request, LoginIn)
+    settings = request.app[SETTINGS]
+    done = await sign_in(request.app[DB], request.app[REDIS], settings, body.email, body.password,
+                         auth.client_ip(request))
+    response = render.json({"user": user_out(done.user), "memberships": memberships_out(done.memberships),
+                            "csrf_token": done.csrf_token})
+    response.set_cookie(auth.SESSION_COOKIE, done.session_token, httponly=True, samesite="Lax",
+                        secure=not settings.dev, path="/", max_age=settings.session_ttl_s)
+    return response
+
+
+@routes.post("/v1/auth/logout", summary="Sign out", auth="session", status=204)
+async def logout(request: web.Request) -> web.StreamResponse:
+    if "Authorization" in request.headers:
+        raise Unauthorized("API keys cannot use sign-in routes.")
+    await auth.session(request)
+    token = request.cookies[auth.SESSION_COOKIE]
+    await session_repo.delete(request.app[DB], auth.session_token_hash(token))
+    response = render.no_content()
+    response.del_cookie(auth.SESSION_COOKIE, path="/")
+    return response
+
+
+@routes.get("/v1/me", summary="Who is calling", auth="key_or_session", response=MeOut)
+async def me(request: web.Request) -> web.StreamResponse:
+    token = auth.bearer_token(request)
+    db = request.app[DB]
+    if token is not None:
+        key = await auth.api_key(request, token)
+        business = await businesses.get(db, key.business_id)
+        if business is None:
+            raise Unauthorized()
+        return render.json({
+            "type": "api_key",
+            "business": business_out(business),
+            "api_key": {"id": key.public_id, "name": key.name, "scopes": list(key.scopes)},
+        })
+    session = await auth.session(request)
+    return render.json({"type": "user", "user": user_out(session.user),
+                        "memberships": memberships_out(await user_repo.memberships(db, session.user.id))})

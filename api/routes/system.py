@@ -1,0 +1,47 @@
+"""Liveness, readiness and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from api import render
+from api.context import DB, OPENAPI, REDIS
+from api.problems import problem
+from api.routing import Routes
+from api.schemas import HealthOut
+
+routes = Routes("system")
+_CHECK_TIMEOUT_S = 2.0
+
+
+@routes.get("/healthz", summary="The process is alive", auth="none", response=HealthOut)
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return render.json({"status": "ok"})
+
+
+async def _check(coro: object) -> str:
+    try:
+        await asyncio.wait_for(coro, _CHECK_TIMEOUT_S)  # type: ignore[arg-type]
+    except Exception as exc:  # any failure means not ready; say which kind
+        return f"unavailable ({type(exc).__name__})"
+    return "ok"
+
+
+@routes.get("/readyz", summary="Postgres and Redis are reachable (503 otherwise)", auth="none",
+            response=HealthOut, errors=(503,))
+async def readyz(request: web.Request) -> web.StreamResponse:
+    postgres, redis = await asyncio.gather(
+        _check(request.app[DB].fetchval("SELECT 1")), _check(request.app[REDIS].ping())
+    )
+    checks = {"postgres": postgres, "redis": redis}
+    if postgres == "ok" and redis == "ok":
+        return render.json({"status": "ok", "checks": checks})
+    return problem(503, "service_unavailable", "Service unavailable", "A dependency is unreachable.",
+                   {"Retry-After": "1"}, status_text="unavailable", checks=checks)
+
+
+@routes.get("/openapi.json", summary="This document", auth="none")
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return render.json(request.app[OPENAPI])

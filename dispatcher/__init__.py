@@ -1,0 +1,1 @@
+"""The arq worker: fan-out, signing, delivery, retries and sweepers."""

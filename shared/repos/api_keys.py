@@ -1,0 +1,85 @@
+"""API keys: creation, listing, deletion, lookup by keyed hash and batched last-use stamps."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import asyncpg
+
+from shared import ids
+from shared.models import ApiKey
+from shared.pagination import Page, Position, paginate
+from shared.repos import Executor
+
+_COLUMNS = "id, business_id, name, display_prefix, last4, scopes, created_at, expires_at, last_used_at"
+
+
+def _key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(**{**row, "scopes": tuple(row["scopes"])})
+
+
+async def create(
+    db: Executor,
+    *,
+    business_id: uuid.UUID,
+    name: str,
+    key_hash: bytes,
+    display_prefix: str,
+    last4: str,
+    scopes: Iterable[str],
+    expires_at: datetime | None,
+    created_by: uuid.UUID | None,
+) -> ApiKey:
+    row = await db.fetchrow(
+        f"""INSERT INTO api_keys (id, business_id, name, key_hash, display_prefix, last4, scopes,
+                                  expires_at, created_by)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}""",
+        ids.new_uuid(), business_id, name, key_hash, display_prefix, last4, list(scopes),
+        expires_at, created_by,
+    )
+    return _key(row)
+
+
+async def list_page(
+    db: Executor, business_id: uuid.UUID, limit: int, after: Position | None
+) -> Page[ApiKey]:
+    if after is None:
+        rows = await db.fetch(
+            f"""SELECT {_COLUMNS} FROM api_keys WHERE business_id = $1
+                ORDER BY created_at DESC, id DESC LIMIT $2""",
+            business_id, limit + 1,
+        )
+    else:
+        rows = await db.fetch(
+            f"""SELECT {_COLUMNS} FROM api_keys WHERE business_id = $1 AND (created_at, id) < ($3, $4)
+                ORDER BY created_at DESC, id DESC LIMIT $2""",
+            business_id, limit + 1, after.created_at, after.id,
+        )
+    return paginate([_key(r) for r in rows], limit, lambda k: Position(k.created_at, k.id))
+
+
+async def delete(db: Executor, business_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey | None:
+    row = await db.fetchrow(
+        f"DELETE FROM api_keys WHERE id = $1 AND business_id = $2 RETURNING {_COLUMNS}", key_id, business_id
+    )
+    return _key(row) if row else None
+
+
+async def by_hash(db: Executor, key_hash: bytes) -> ApiKey | None:
+    """The key with this hash, expired or not; the caller decides."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
+    return _key(row) if row else None
+
+
+async def touch_many(db: Executor, used: dict[uuid.UUID, datetime]) -> None:
+    """Record last use for many keys in one statement; never moves a stamp backwards."""
+    if not used:
+        return
+    await db.execute(
+        """UPDATE api_keys k SET last_used_at = u.at
+           FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+           WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)""",
+        list(used.keys()), list(used.values()),
+    )

@@ -1,0 +1,35 @@
+"""The audit log: append-only rows of who did what to which business, and from where."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from shared.repos import Executor
+
+
+async def record(
+    db: Executor,
+    *,
+    action: str,
+    business_id: uuid.UUID | None,
+    actor_user_id: uuid.UUID | None = None,
+    actor_key_id: uuid.UUID | None = None,
+    target_id: str | None = None,
+    ip: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    await db.execute(
+        """INSERT INTO audit_log (business_id, actor_user_id, actor_key_id, action, target_id, ip, details)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        business_id, actor_user_id, actor_key_id, action, target_id, ip, details or {},
+    )
+
+
+async def for_business(db: Executor, business_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        """SELECT action, actor_user_id, actor_key_id, target_id, ip, details, created_at
+           FROM audit_log WHERE business_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2""",
+        business_id, limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,102 @@
+"""One settings object for every process, read from the environment only."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _parse_duration_s(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * units[suffix]
+    raise ValueError(f"not a duration: {text!r} (use e.g. 5s, 30m, 2h)")
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to run; policy values carry their unit in the name."""
+
+    model_config = SettingsConfigDict(env_prefix="KAIHOOKS_", extra="ignore", frozen=True)
+
+    database_url: str = Field(validation_alias=AliasChoices("DATABASE_URL"))
+    redis_url: str = Field(validation_alias=AliasChoices("REDIS_URL"))
+    port: int = Field(8080, validation_alias=AliasChoices("PORT"), ge=1, le=65535)
+    secret_key: str = Field(repr=False)
+    internal_tokens: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    allow_private_targets: bool = False
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = (
+        5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400,
+    )
+    delivery_timeout: float = Field(10.0, gt=0, le=300)
+    dev: bool = False
+
+    # Sessions and sign-in.
+    session_ttl_s: int = Field(12 * 3600, ge=60)
+    login_max_failures: int = Field(10, ge=1)
+    login_window_s: int = Field(15 * 60, ge=1)
+
+    # API keys.
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    key_cache_ttl_s: float = Field(60.0, ge=0)
+    key_touch_interval_s: int = Field(60, ge=1)
+
+    # Request bodies.
+    max_body_bytes_v1: int = 1024 * 1024
+    max_body_bytes_internal: int = 8 * 1024 * 1024
+
+    db_pool_min_size: int = Field(2, ge=0)
+    db_pool_max_size: int = Field(10, ge=1)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_32_bytes(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("KAIHOOKS_SECRET_KEY must be base64 (run `kaihooks secret-key`)") from None
+        if len(raw) != 32:
+            raise ValueError("KAIHOOKS_SECRET_KEY must decode to 32 bytes (run `kaihooks secret-key`)")
+        return value
+
+    @field_validator("internal_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(_parse_duration_s(part) for part in value.split(",") if part.strip())
+        return value
+
+    @cached_property
+    def secret_key_bytes(self) -> bytes:
+        return base64.b64decode(self.secret_key)
+
+
+_PLAIN_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "port": "PORT"}
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with one line naming each bad variable."""
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors(include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = _PLAIN_NAMES.get(field, f"KAIHOOKS_{field.upper()}")
+            msg = "is required" if err["type"] == "missing" else err["msg"]
+            parts.append(f"{name} {msg}")
+        raise SystemExit("kaihooks: configuration error: " + "; ".join(parts)) from None

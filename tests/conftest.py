@@ -1,0 +1,125 @@
+"""Fixtures: a fresh Postgres database per test session, real Redis, the app on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+from aiohttp.test_utils import TestServer
+
+from api.app import create_app
+from shared.db import connect
+from shared.migrations import migrate
+from shared.settings import Settings
+from tests.helpers import INTERNAL_TOKEN, Api, Tenant, make_tenant
+
+
+def _server_url() -> str:
+    return (
+        os.environ.get("KAIHOOKS_TEST_PG_SERVER")
+        or os.environ.get("DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+
+
+def _with_database(url: str, name: str) -> str:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database of this test session's own, migrated; dropped when the session ends."""
+    server = _server_url()
+    name = f"kaihooks_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        settings = Settings(  # type: ignore[call-arg]
+            DATABASE_URL=_with_database(server, name), REDIS_URL="redis://unused", secret_key=_KEY
+        )
+        conn = await connect(settings)
+        await migrate(conn)
+        await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(server)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    asyncio.run(create())
+    yield _with_database(server, name)
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("KAIHOOKS_TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/2"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change settings for its app."""
+    return {}
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, settings_overrides: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "secret_key": base64.b64encode(os.urandom(32)).decode(),
+        "internal_tokens": (INTERNAL_TOKEN, "test-internal-token-2"),
+        "dev": True,
+        "db_pool_min_size": 1,
+        "db_pool_max_size": 5,
+    }
+    values.update(settings_overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[TestServer]:
+    srv = TestServer(create_app(settings), host="127.0.0.1")
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def api(server: TestServer) -> AsyncIterator[Api]:
+    """An anonymous client of the running app (it keeps cookies, like a browser would)."""
+    async with Api(str(server.make_url(""))) as client:
+        yield client
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def tenant(server: TestServer, database_url: str) -> AsyncIterator[Tenant]:
+    """A business with a signed-in owner."""
+    async with make_tenant(str(server.make_url("")), database_url) as t:
+        yield t
