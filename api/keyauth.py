@@ -72,7 +72,6 @@ class KeyVerifier:
         self._script = redis.register_script(_CHECK_SCRIPT)
         self._cache: dict[bytes, tuple[float, ApiKey]] = {}
         self._epoch: bytes | None = None
-        self._epoch_candidate = os.urandom(12).hex()
         self._used: dict[uuid.UUID, datetime] = {}
         self._local_touch: dict[uuid.UUID, float] = {}
         self._interval_us = int(1_000_000 / settings.rate_limit_per_s)
@@ -92,7 +91,7 @@ class KeyVerifier:
                     redis_keys.KEY_RATE.format(key_id=key.id),
                     redis_keys.KEY_TOUCHED.format(key_id=key.id),
                 ],
-                args=[self._epoch_candidate, self._interval_us, self._settings.rate_limit_burst,
+                args=[os.urandom(8).hex(), self._interval_us, self._settings.rate_limit_burst,
                       self._settings.key_touch_interval_s],
             )
         except _REDIS_DOWN:
@@ -105,11 +104,11 @@ class KeyVerifier:
             self._touch_locally(key.id)
             return key
         if epoch != self._epoch:
-            self._cache.clear()
-            first = self._epoch is None
-            self._epoch = epoch
-            if from_cache and not first:
-                return await self.verify(token)
+            known, self._epoch = self._epoch, epoch
+            if known is not None:  # Redis lost its data: revocation markers may be gone too
+                self._cache.clear()
+                if from_cache:
+                    return await self.verify(token)
         if revoked:
             self._cache.pop(key_hash, None)
             raise Unauthorized()
