@@ -85,9 +85,6 @@ class Settings(BaseSettings):
         return base64.b64decode(self.secret_key)
 
 
-_PLAIN_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "port": "PORT"}
-
-
 def load_settings() -> Settings:
     """Settings from the environment, or exit with one line naming each bad variable."""
     try:
@@ -96,7 +93,7 @@ def load_settings() -> Settings:
         parts = []
         for err in exc.errors(include_url=False):
             field = str(err["loc"][0]) if err["loc"] else "?"
-            name = _PLAIN_NAMES.get(field, f"KAIHOOKS_{field.upper()}")
-            msg = "is required" if err["type"] == "missing" else err["msg"]
-            parts.append(f"{name} {msg}")
-        raise SystemExit("kaihooks: configuration error: " + "; ".join(parts)) from None
+            name = field if field.isupper() else f"KAIHOOKS_{field.upper()}"
+            msg = "is required" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+            parts.append(msg if msg.startswith(name) else f"{name} {msg}")
+        raise SystemExit("kaihooks: error: configuration: " + "; ".join(parts)) from None
