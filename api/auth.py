@@ -52,7 +52,8 @@ async def api_key(request: web.Request, token: str) -> ApiKey:
     """Verify a key-authenticated request. A browser Origin is refused before the key is looked at."""
     if "Origin" in request.headers:
         raise Forbidden(_KEY_IN_BROWSER)
-    return await request.app[KEYS].verify(token)
+    key: ApiKey = await request.app[KEYS].verify(token)
+    return key
 
 
 async def session(request: web.Request) -> Session:

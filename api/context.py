@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from api.keyauth import KeyVerifier
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    pass
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
-KEYS = web.AppKey("key_verifier", "KeyVerifier")
-OPENAPI = web.AppKey("openapi", dict)
+KEYS: web.AppKey[KeyVerifier] = web.AppKey("key_verifier")
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")

@@ -13,7 +13,7 @@ from shared import __version__
 
 _REF = "#/components/schemas/{model}"
 _PARAM = re.compile(r"\{(\w+)\}")
-_SECURITY = {
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "none": [],
     "key": [{"apiKey": []}],
     "session": [{"session": []}],

@@ -28,6 +28,11 @@ _HTTP_CODES = {
     429: "rate_limited",
     503: "service_unavailable",
 }
+_DETAILS = {
+    404: "No route matches this URL.",
+    405: "{method} is not allowed on this route.",
+    413: "The request body is larger than this route accepts.",
+}
 # Postgres or Redis out of reach: the request may be retried, so 503 rather than 500.
 _UNAVAILABLE = (
     OSError,
@@ -63,9 +68,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "error")
-        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 413:
-            detail = "The request body is larger than this route accepts."
+        detail = _DETAILS.get(exc.status, exc.reason).format(method=request.method)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return problem(exc.status, code, exc.reason, detail, headers)
     except _UNAVAILABLE:

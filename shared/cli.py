@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import NoReturn
 
 import asyncpg
 
@@ -89,7 +89,7 @@ async def cmd_user_create(args: argparse.Namespace) -> None:
 class _Parser(argparse.ArgumentParser):
     """Bad usage is one line on stderr and exit status 2 (subcommand parsers inherit this class)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         _fail(f"{message} (see `{self.prog} --help`)")
 
 
@@ -122,15 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(args.run(args))
     except CliError as exc:
-        return _fail(str(exc))
+        _fail(str(exc))
     except KaihooksError as exc:
-        return _fail(exc.detail)
+        _fail(exc.detail)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return _fail(f"database unavailable or refused the operation: {exc}")
+        _fail(f"database unavailable or refused the operation: {exc}")
     return 0
 
 
-def _fail(message: str) -> int:
+def _fail(message: str) -> NoReturn:
     print(f"kaihooks: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
