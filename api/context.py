@@ -6,13 +6,13 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
+from arq.connections import ArqRedis
 
 from api.keyauth import KeyVerifier
 from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
-REDIS = web.AppKey("redis", Redis)
+REDIS = web.AppKey("redis", ArqRedis)
 KEYS: web.AppKey[KeyVerifier] = web.AppKey("key_verifier")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from shared.apikeys import SCOPES
+from shared.events import CallStatus, EventBatchIn, EventIn, EventType
 from shared.models import ApiKey, Business, Membership, Role, User
 
 Scope = Literal["agents:read", "calls:read", "leads:read", "events:read", "webhooks:read", "webhooks:write"]
@@ -157,3 +158,58 @@ class ListQuery(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] | None = None
+
+
+# ---- events and projections -------------------------------------------------
+
+class PublishIn(RootModel[EventBatchIn | EventIn]):
+    """One event, or ``{"events": [...]}`` with up to 500."""
+
+
+class AcceptedEvent(BaseModel):
+    id: str
+    idempotency_key: str | None
+    duplicate: bool
+
+
+class PublishOut(BaseModel):
+    events: list[AcceptedEvent]
+
+
+class EventOut(BaseModel):
+    id: str
+    type: str
+    timestamp: datetime = Field(description="When it happened (the publisher's occurred_at)")
+    business_id: str
+    data: dict[str, Any]
+    created_at: datetime = Field(description="When it was accepted")
+
+
+class EventList(BaseModel):
+    data: list[EventOut]
+    next_cursor: str | None
+
+
+class Projected(BaseModel):
+    """The entity's data as last published (unnamed fields included), with when it was first and last seen."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProjectedList(BaseModel):
+    data: list[Projected]
+    next_cursor: str | None
+
+
+class EventsQuery(ListQuery):
+    type: EventType | None = None
+
+
+class CallsQuery(ListQuery):
+    status: CallStatus | None = None
+    agent_id: str | None = Field(default=None, max_length=200)
+    since: AwareDatetime | None = Field(default=None, description="calls started at or after (RFC 3339)")
+    until: AwareDatetime | None = Field(default=None, description="calls started before (RFC 3339)")

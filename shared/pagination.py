@@ -27,7 +27,14 @@ MAX_LIMIT = 100
 @dataclass(frozen=True, slots=True)
 class Position:
     created_at: datetime
-    id: uuid.UUID
+    id: str
+
+    def as_uuid(self) -> uuid.UUID:
+        """The id as a uuid, for lists of rows keyed by one (a cursor of another list is refused)."""
+        try:
+            return uuid.UUID(self.id)
+        except ValueError:
+            raise ValidationFailed.at(["query", "cursor"], "cursor is not valid") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +44,17 @@ class Page(Generic[T]):
 
 
 def encode_cursor(pos: Position) -> str:
-    raw = orjson.dumps([pos.created_at.isoformat(), pos.id.hex])
+    raw = orjson.dumps([pos.created_at.isoformat(), pos.id])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def decode_cursor(cursor: str) -> Position:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, id_hex = orjson.loads(raw)
-        pos = Position(datetime.fromisoformat(created_at), uuid.UUID(hex=id_hex))
+        created_at, id_text = orjson.loads(raw)
+        if not isinstance(id_text, str) or not isinstance(created_at, str):
+            raise TypeError
+        pos = Position(datetime.fromisoformat(created_at), id_text)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
         raise ValidationFailed.at(["query", "cursor"], "cursor is not valid") from None
     if pos.created_at.tzinfo is None:

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
 
     # Sessions and sign-in.
     session_ttl_s: int = Field(12 * 3600, ge=60)
-    login_max_failures: int = Field(10, ge=1)
+    login_max_failures: int = Field(10, ge=1)  # per email
+    login_max_failures_per_ip: int = Field(10, ge=1)
     login_window_s: int = Field(15 * 60, ge=1)
 
     # API keys.

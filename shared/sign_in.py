@@ -41,8 +41,9 @@ async def _check_throttle(redis: Redis, settings: Settings, keys: list[str]) -> 
             pipe.get(key)
             pipe.ttl(key)
         results = await pipe.execute()
-    for count, ttl in zip(results[::2], results[1::2], strict=True):
-        if count is not None and int(count) >= settings.login_max_failures:
+    limits = [settings.login_max_failures, settings.login_max_failures_per_ip]
+    for count, ttl, limit in zip(results[::2], results[1::2], limits, strict=False):
+        if count is not None and int(count) >= limit:
             raise RateLimited(max(int(ttl), 1), "Too many failed sign-ins; try again later.")
 
 

@@ -32,3 +32,9 @@ def test_decode_refuses_what_is_not_an_id_of_that_type(text: str) -> None:
 def test_extremes() -> None:
     for value in (uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1)):
         assert ids.decode("biz", ids.encode("biz", value)) == value
+
+
+def test_new_uuids_strictly_increase_within_a_process() -> None:
+    made = [ids.new_uuid() for _ in range(5000)]
+    assert all(a.int < b.int for a, b in zip(made, made[1:], strict=False))
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)

@@ -55,9 +55,9 @@ async def list_page(
         rows = await db.fetch(
             f"""SELECT {_COLUMNS} FROM api_keys WHERE business_id = $1 AND (created_at, id) < ($3, $4)
                 ORDER BY created_at DESC, id DESC LIMIT $2""",
-            business_id, limit + 1, after.created_at, after.id,
+            business_id, limit + 1, after.created_at, after.as_uuid(),
         )
-    return paginate([_key(r) for r in rows], limit, lambda k: Position(k.created_at, k.id))
+    return paginate([_key(r) for r in rows], limit, lambda k: Position(k.created_at, str(k.id)))
 
 
 async def delete(db: Executor, business_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey | None:

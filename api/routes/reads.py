@@ -1,0 +1,109 @@
+"""What an integrator reads with a key: agents, calls, leads and the event log."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from api import auth, render
+from api.context import DB
+from api.parsing import parse_query
+from api.routing import Routes
+from api.schemas import CallsQuery, EventList, EventOut, EventsQuery, ListQuery, Projected, ProjectedList
+from shared import ids
+from shared.errors import NotFound
+from shared.events import Kind
+from shared.pagination import Page, decode_cursor, parse_limit
+from shared.repos import events as event_repo
+from shared.repos import projections
+from shared.repos.events import EventRow
+from shared.repos.projections import CallFilter, Item
+
+routes = Routes("reads")
+BASE = "/v1/businesses/{business_id}"
+_NAMES = {"agents": "agent", "calls": "call", "leads": "lead"}
+
+
+def _items(page: Page[Item]) -> web.Response:
+    return render.page([orjson.Fragment(i.json) for i in page.items], page.next_cursor)
+
+
+async def _list(request: web.Request, kind: Kind, calls: CallFilter | None, query: ListQuery) -> web.Response:
+    access = await auth.business_access(request, scope=f"{kind}:read")
+    after = decode_cursor(query.cursor) if query.cursor else None
+    page = await projections.list_page(request.app[DB], kind, access.business_id, parse_limit(query.limit),
+                                       after, calls)
+    return _items(page)
+
+
+async def _one(request: web.Request, kind: Kind) -> web.Response:
+    access = await auth.business_access(request, scope=f"{kind}:read")
+    item_id = request.match_info["item_id"]
+    item = await projections.get(request.app[DB], kind, access.business_id, item_id) if len(item_id) <= 200 else None
+    if item is None:
+        raise NotFound(f"No such {_NAMES[kind]}.")
+    return render.json(orjson.Fragment(item.json))
+
+
+@routes.get(BASE + "/agents", summary="Agents, newest first", auth="key_or_session", scope="agents:read",
+            query=ListQuery, response=ProjectedList)
+async def list_agents(request: web.Request) -> web.StreamResponse:
+    return await _list(request, "agents", None, parse_query(request, ListQuery))
+
+
+@routes.get(BASE + "/agents/{item_id}", summary="One agent", auth="key_or_session", scope="agents:read",
+            response=Projected)
+async def get_agent(request: web.Request) -> web.StreamResponse:
+    return await _one(request, "agents")
+
+
+@routes.get(BASE + "/calls", summary="Calls, newest first, filtered by status, agent and start time",
+            auth="key_or_session", scope="calls:read", query=CallsQuery, response=ProjectedList)
+async def list_calls(request: web.Request) -> web.StreamResponse:
+    q = parse_query(request, CallsQuery)
+    return await _list(request, "calls", CallFilter(q.status, q.agent_id, q.since, q.until), q)
+
+
+@routes.get(BASE + "/calls/{item_id}", summary="One call", auth="key_or_session", scope="calls:read",
+            response=Projected)
+async def get_call(request: web.Request) -> web.StreamResponse:
+    return await _one(request, "calls")
+
+
+@routes.get(BASE + "/leads", summary="Leads, newest first", auth="key_or_session", scope="leads:read",
+            query=ListQuery, response=ProjectedList)
+async def list_leads(request: web.Request) -> web.StreamResponse:
+    return await _list(request, "leads", None, parse_query(request, ListQuery))
+
+
+@routes.get(BASE + "/leads/{item_id}", summary="One lead", auth="key_or_session", scope="leads:read",
+            response=Projected)
+async def get_lead(request: web.Request) -> web.StreamResponse:
+    return await _one(request, "leads")
+
+
+def _event(e: EventRow) -> dict[str, object]:
+    return {"id": ids.encode("evt", e.id), "type": e.type, "timestamp": e.occurred_at,
+            "business_id": ids.encode("biz", e.business_id), "data": orjson.Fragment(e.data_json),
+            "created_at": e.created_at}
+
+
+@routes.get(BASE + "/events", summary="The business's event log, newest first (for backfills)",
+            auth="key_or_session", scope="events:read", query=EventsQuery, response=EventList)
+async def list_events(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope="events:read")
+    q = parse_query(request, EventsQuery)
+    after = decode_cursor(q.cursor) if q.cursor else None
+    page = await event_repo.list_page(request.app[DB], access.business_id, parse_limit(q.limit), after, q.type)
+    return render.page([_event(e) for e in page.items], page.next_cursor)
+
+
+@routes.get(BASE + "/events/{event_id}", summary="One event", auth="key_or_session", scope="events:read",
+            response=EventOut)
+async def get_event(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope="events:read")
+    event_id = ids.decode("evt", request.match_info["event_id"])
+    event = await event_repo.get(request.app[DB], access.business_id, event_id) if event_id else None
+    if event is None:
+        raise NotFound("No such event.")
+    return render.json(_event(event))

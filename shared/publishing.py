@@ -1,0 +1,145 @@
+"""Accepting events: validate all, store all in one transaction (event rows, idempotency,
+projections), then ask the dispatcher to fan them out. 202 means committed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from arq.connections import ArqRedis
+from pydantic import ValidationError
+
+from shared import ids, queue
+from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.events import DATA_MODELS, MAX_DATA_BYTES, CallData, EventIn, Kind, is_deletion, projection_of
+from shared.repos import events as event_repo
+from shared.repos import projections
+from shared.repos.projections import Change
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    idempotency_key: str | None
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    event: event_repo.NewEvent
+    model: Any
+
+
+def _prepare(events: Sequence[EventIn], locs: Sequence[list[str | int]]) -> list[_Prepared]:
+    """Validate each event's data for its type; every problem is reported, with its location."""
+    errors: list[dict[str, Any]] = []
+    prepared: list[_Prepared] = []
+    now = datetime.now(UTC)
+    for event, loc in zip(events, locs, strict=True):
+        data_json = orjson.dumps(event.data)
+        if len(data_json) > MAX_DATA_BYTES:
+            raise PayloadTooLarge(f"{_where(loc)}data is over {MAX_DATA_BYTES // 1024} KiB.")
+        try:
+            model = DATA_MODELS[event.type].model_validate(event.data)
+        except ValidationError as exc:
+            errors += [{"loc": [*loc, "data", *e["loc"]], "msg": e["msg"]} for e in exc.errors(include_url=False)]
+            continue
+        business_id = ids.decode("biz", event.business_id)
+        if business_id is None:
+            errors.append({"loc": [*loc, "business_id"], "msg": "unknown business"})
+            continue
+        prepared.append(_Prepared(
+            event_repo.NewEvent(ids.new_uuid(), business_id, event.type, data_json.decode(),
+                                event.idempotency_key, event.occurred_at or now),
+            model,
+        ))
+    if errors:
+        raise ValidationFailed(errors)
+    return prepared
+
+
+def _where(loc: Sequence[str | int]) -> str:
+    """``["body", "events", 3]`` -> ``"events[3]."`` (empty for a single event)."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".")
+    return f"{text}." if text else ""
+
+
+def _change(p: _Prepared) -> Change:
+    e, model = p.event, p.model
+    if isinstance(model, CallData):
+        return Change(e.business_id, model.id, e.data_json, e.occurred_at, e.id,
+                      status=model.status, agent_id=model.agent_id, started_at=model.started_at)
+    return Change(e.business_id, model.id, e.data_json, e.occurred_at, e.id, deleted=is_deletion(e.type))
+
+
+def _changes(prepared: Sequence[_Prepared]) -> dict[Kind, list[Change]]:
+    """The newest change per entity in the batch, grouped by projection table."""
+    newest: dict[tuple[Kind, uuid.UUID, str], Change] = {}
+    for p in prepared:
+        kind = projection_of(p.event.type)
+        if kind is None:
+            continue
+        change = _change(p)
+        key = (kind, change.business_id, change.id)
+        known = newest.get(key)
+        if known is None or (known.version_at, known.version_event.int) < (change.version_at,
+                                                                           change.version_event.int):
+            newest[key] = change
+    grouped: dict[Kind, list[Change]] = {}
+    for (kind, _, _), change in newest.items():
+        grouped.setdefault(kind, []).append(change)
+    return grouped
+
+
+async def publish(
+    db: asyncpg.Pool, redis: ArqRedis, events: Sequence[EventIn], locs: Sequence[list[str | int]]
+) -> list[Accepted]:
+    """Store the events (all or none) and return, in order, each one's id and whether it was a repeat."""
+    prepared = _prepare(events, locs)
+    # A repeated idempotency key inside the batch: the first occurrence is the event.
+    first_of: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    unique: list[_Prepared] = []
+    for p in prepared:
+        e = p.event
+        if e.idempotency_key is not None:
+            if (e.business_id, e.idempotency_key) in first_of:
+                continue
+            first_of[(e.business_id, e.idempotency_key)] = e.id
+        unique.append(p)
+
+    async with db.acquire() as conn, conn.transaction():
+        business_ids = list({p.event.business_id for p in unique})
+        known = {r["id"] for r in await conn.fetch("SELECT id FROM businesses WHERE id = ANY($1::uuid[])",
+                                                    business_ids)}
+        missing = [{"loc": [*loc, "business_id"], "msg": "unknown business"}
+                   for p, loc in zip(prepared, locs, strict=True) if p.event.business_id not in known]
+        if missing:
+            raise ValidationFailed(missing)
+        inserted = await event_repo.insert_new(conn, [p.event for p in unique])
+        earlier: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+        if len(inserted) < len(unique):
+            conflicted = [(p.event.business_id, p.event.idempotency_key) for p in unique
+                          if p.event.id not in inserted and p.event.idempotency_key is not None]
+            earlier = await event_repo.ids_by_idempotency_key(conn, conflicted)
+        for kind, changes in _changes([p for p in unique if p.event.id in inserted]).items():
+            await projections.upsert(conn, kind, changes)
+
+    fresh = [p.event.id for p in unique if p.event.id in inserted]
+    await queue.enqueue_fan_out(redis, fresh)
+
+    answers: list[Accepted] = []
+    for p in prepared:
+        e = p.event
+        key = (e.business_id, e.idempotency_key) if e.idempotency_key is not None else None
+        if e.id in inserted:
+            answers.append(Accepted(ids.encode("evt", e.id), e.idempotency_key, False))
+        else:
+            assert key is not None
+            original = earlier.get(key) or first_of[key]
+            answers.append(Accepted(ids.encode("evt", original), e.idempotency_key, True))
+    return answers

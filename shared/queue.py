@@ -1,0 +1,38 @@
+"""Work for the dispatcher, enqueued in arq with deterministic job ids (so an enqueue is idempotent).
+
+Redis only carries ids; Postgres holds the truth. If an enqueue is lost (Redis down
+or restarted empty), the dispatcher's sweeper finds the work in Postgres again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+import redis.exceptions
+from arq.connections import ArqRedis
+
+from shared import ids
+
+log = logging.getLogger("kaihooks.queue")
+
+FAN_OUT = "fan_out"
+
+
+def fan_out_job_id(event_ids: Sequence[uuid.UUID]) -> str:
+    """One job per accepted batch, named after its first event: the same batch always maps to one job."""
+    return f"fan-out:{ids.encode('evt', event_ids[0])}"
+
+
+async def enqueue_fan_out(queue: ArqRedis, event_ids: Sequence[uuid.UUID]) -> bool:
+    """Ask the dispatcher to fan these events out; False (and a warning) if Redis is unreachable."""
+    if not event_ids:
+        return True
+    try:
+        await queue.enqueue_job(FAN_OUT, [str(e) for e in event_ids], _job_id=fan_out_job_id(event_ids))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        log.warning("could not enqueue fan-out; the sweeper will pick these events up",
+                    extra={"event_ids": [ids.encode("evt", e) for e in event_ids[:10]], "count": len(event_ids)})
+        return False
+    return True

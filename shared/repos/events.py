@@ -1,0 +1,88 @@
+"""The event log: batch insert with idempotency keys, and the business's reads of it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.pagination import Page, Position, paginate
+from shared.repos import Executor
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    id: uuid.UUID
+    business_id: uuid.UUID
+    type: str
+    data_json: str
+    idempotency_key: str | None
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """An event as the read API shows it; ``data_json`` is the stored JSON text, passed through."""
+
+    id: uuid.UUID
+    business_id: uuid.UUID
+    type: str
+    data_json: str
+    occurred_at: datetime
+    created_at: datetime
+
+
+async def insert_new(db: Executor, events: Sequence[NewEvent]) -> set[uuid.UUID]:
+    """Insert; events whose (business, idempotency key) already exists are skipped. Returns inserted ids."""
+    rows = await db.fetch(
+        """INSERT INTO events (id, business_id, type, data, idempotency_key, occurred_at)
+           SELECT id, business_id, type, data::jsonb, idempotency_key, occurred_at
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+                AS e(id, business_id, type, data, idempotency_key, occurred_at)
+           ON CONFLICT (business_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+           RETURNING id""",
+        [e.id for e in events], [e.business_id for e in events], [e.type for e in events],
+        [e.data_json for e in events], [e.idempotency_key for e in events], [e.occurred_at for e in events],
+    )
+    return {r["id"] for r in rows}
+
+
+async def ids_by_idempotency_key(
+    db: Executor, keys: Sequence[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    rows = await db.fetch(
+        """SELECT e.business_id, e.idempotency_key, e.id FROM events e
+           JOIN unnest($1::uuid[], $2::text[]) AS k(business_id, idempotency_key)
+             ON e.business_id = k.business_id AND e.idempotency_key = k.idempotency_key""",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    return {(r["business_id"], r["idempotency_key"]): r["id"] for r in rows}
+
+
+_COLUMNS = "id, business_id, type, data::text AS data_json, occurred_at, created_at"
+
+
+async def list_page(
+    db: Executor, business_id: uuid.UUID, limit: int, after: Position | None, event_type: str | None
+) -> Page[EventRow]:
+    conditions = ["business_id = $1"]
+    args: list[object] = [business_id, limit + 1]
+    if event_type is not None:
+        args.append(event_type)
+        conditions.append(f"type = ${len(args)}")
+    if after is not None:
+        args += [after.created_at, after.as_uuid()]
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions)}
+            ORDER BY created_at DESC, id DESC LIMIT $2""",
+        *args,
+    )
+    return paginate([EventRow(**r) for r in rows], limit, lambda e: Position(e.created_at, str(e.id)))
+
+
+async def get(db: Executor, business_id: uuid.UUID, event_id: uuid.UUID) -> EventRow | None:
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM events WHERE id = $1 AND business_id = $2",
+                            event_id, business_id)
+    return EventRow(**row) if row else None

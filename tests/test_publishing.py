@@ -1,0 +1,214 @@
+"""POST /internal/v1/events: validation, all-or-nothing batches, idempotency, durability without Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from api.app import create_app
+from shared.settings import Settings
+from tests.helpers import INTERNAL_TOKEN, Api, Tenant
+
+
+def call(call_id: str = "call_1", **over: Any) -> dict[str, Any]:
+    data = {"id": call_id, "direction": "inbound", "from": "+15550001111", "to": "+15550002222",
+            "status": "ringing", "started_at": "2026-11-27T09:00:00Z"}
+    data.update(over)
+    return data
+
+
+def event(business_id: str, type_: str = "call.started", data: dict[str, Any] | None = None,
+          **over: Any) -> dict[str, Any]:
+    body = {"business_id": business_id, "type": type_, "data": data if data is not None else call()}
+    body.update(over)
+    return body
+
+
+async def publish(api: Api, body: Any) -> Any:
+    return await api.post("/internal/v1/events", json=body, key=INTERNAL_TOKEN)
+
+
+async def count(db: asyncpg.Connection, table: str = "events") -> int:
+    return int(await db.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def test_single_event_is_accepted_and_readable(tenant: Tenant, api: Api) -> None:
+    r = await publish(api, event(tenant.business_id, occurred_at="2026-11-27T09:00:01Z",
+                                 data=call(custom_field={"nested": [1, 2]})))
+    assert r.status == 202, r.body
+    [accepted] = r.body["events"]
+    assert accepted["id"].startswith("evt_") and accepted["duplicate"] is False
+    assert accepted["idempotency_key"] is None
+    key = (await tenant.create_key(scopes=["events:read", "calls:read"]))["key"]
+    got = await api.get(f"{tenant.path}/events/{accepted['id']}", key=key)
+    assert got.status == 200
+    assert got.body["type"] == "call.started"
+    assert got.body["timestamp"] == "2026-11-27T09:00:01Z"
+    assert got.body["business_id"] == tenant.business_id
+    assert got.body["data"]["custom_field"] == {"nested": [1, 2]}  # unnamed fields kept as published
+    assert got.body["data"]["from"] == "+15550001111"
+    listed = await api.get(f"{tenant.path}/events", key=key)
+    assert [e["id"] for e in listed.body["data"]] == [accepted["id"]]
+    the_call = await api.get(f"{tenant.path}/calls/call_1", key=key)
+    assert the_call.status == 200 and the_call.body["custom_field"] == {"nested": [1, 2]}
+
+
+async def test_batch_is_stored_whole_in_order(tenant: Tenant, api: Api, db: asyncpg.Connection) -> None:
+    before = await count(db)
+    body = {"events": [event(tenant.business_id, data=call(f"c{i}")) for i in range(50)]}
+    r = await publish(api, body)
+    assert r.status == 202
+    assert len(r.body["events"]) == 50 and len({e["id"] for e in r.body["events"]}) == 50
+    assert await count(db) == before + 50
+
+
+async def test_batch_with_one_bad_event_stores_nothing(tenant: Tenant, api: Api, db: asyncpg.Connection) -> None:
+    before = (await count(db), await count(db, "calls"))
+    events = [event(tenant.business_id, data=call(f"ok{i}")) for i in range(5)]
+    events.insert(3, event(tenant.business_id, data=call("bad", status="on_hold")))
+    r = await publish(api, {"events": events})
+    assert r.status == 422
+    assert r.problem["code"] == "validation_error"
+    assert ["body", "events", 3, "data", "status"] in [e["loc"] for e in r.problem["errors"]]
+    assert (await count(db), await count(db, "calls")) == before
+
+
+@pytest.mark.parametrize("mutate, loc", [
+    (lambda e: e.update(type="call.exploded"), ["body", "type"]),
+    (lambda e: e["data"].pop("direction"), ["body", "data", "direction"]),
+    (lambda e: e["data"].update(started_at="yesterday"), ["body", "data", "started_at"]),
+    (lambda e: e["data"].update(started_at="2026-11-27T09:00:00"), ["body", "data", "started_at"]),
+    (lambda e: e.update(business_id="biz_nope"), ["body", "business_id"]),
+    (lambda e: e.update(business_id="biz_0000000000000000000000000a"), ["body", "business_id"]),
+    (lambda e: e.update(occurred_at="not a time"), ["body", "occurred_at"]),
+    (lambda e: e.update(idempotency_key=""), ["body", "idempotency_key"]),
+    (lambda e: e.update(data=[1, 2]), ["body", "data"]),
+    (lambda e: e.update(surprise=True), ["body", "surprise"]),
+    (lambda e: e.update(type="webhook.test"), ["body", "type"]),
+    (lambda e: e.update(type="agent.created", data={"id": "a1"}), ["body", "data", "name"]),
+], ids=["unknown-type", "missing-field", "bad-time", "naive-time", "malformed-business", "unknown-business",
+        "bad-occurred-at", "empty-idempotency-key", "data-not-object", "extra-field", "test-type",
+        "agent-without-name"])
+async def test_invalid_events_are_422_with_the_failing_loc(tenant: Tenant, api: Api, db: asyncpg.Connection,
+                                                           mutate: Any, loc: list[Any]) -> None:
+    body = event(tenant.business_id)
+    mutate(body)
+    before = await count(db)
+    r = await publish(api, body)
+    assert r.status == 422, r.body
+    assert loc in [e["loc"] for e in r.problem["errors"]], r.problem["errors"]
+    assert await count(db) == before
+
+
+async def test_batch_limits(tenant: Tenant, api: Api) -> None:
+    r = await publish(api, {"events": [event(tenant.business_id, data=call(f"c{i}")) for i in range(501)]})
+    assert r.status == 422
+    assert ["body", "events"] in [e["loc"] for e in r.problem["errors"]]
+    r = await publish(api, {"events": []})
+    assert r.status == 422
+
+
+async def test_data_over_256_kib_is_refused(tenant: Tenant, api: Api, db: asyncpg.Connection) -> None:
+    before = await count(db)
+    big = event(tenant.business_id, data=call(transcript="x" * (256 * 1024)))
+    r = await publish(api, {"events": [event(tenant.business_id), big]})
+    assert r.status == 413
+    assert r.problem["code"] == "payload_too_large"
+    assert "events[1].data" in r.problem["detail"]
+    assert await count(db) == before
+    ok = event(tenant.business_id, data=call(transcript="x" * (200 * 1024)))
+    assert (await publish(api, ok)).status == 202
+
+
+async def test_idempotency_within_and_across_batches(tenant: Tenant, api: Api, db: asyncpg.Connection) -> None:
+    before = await count(db)
+    first = await publish(api, {"events": [
+        event(tenant.business_id, data=call("a"), idempotency_key="k1"),
+        event(tenant.business_id, data=call("b"), idempotency_key="k2"),
+        event(tenant.business_id, data=call("a2"), idempotency_key="k1"),  # repeat inside the batch
+    ]})
+    assert first.status == 202
+    a, b, a_again = first.body["events"]
+    assert (a["duplicate"], b["duplicate"], a_again["duplicate"]) == (False, False, True)
+    assert a_again["id"] == a["id"] and a_again["idempotency_key"] == "k1"
+    assert await count(db) == before + 2
+    second = await publish(api, {"events": [
+        event(tenant.business_id, data=call("b"), idempotency_key="k2"),
+        event(tenant.business_id, data=call("c"), idempotency_key="k3"),
+    ]})
+    b_again, c = second.body["events"]
+    assert b_again == {"id": b["id"], "idempotency_key": "k2", "duplicate": True}
+    assert c["duplicate"] is False
+    assert await count(db) == before + 3
+    # The repeat stored nothing: not even the projection of its different data.
+    assert await db.fetchval("SELECT count(*) FROM calls WHERE id = 'a2'") == 0
+
+
+async def test_idempotency_keys_are_per_business(tenant: Tenant, api: Api, server: TestServer,
+                                                 database_url: str) -> None:
+    from tests.helpers import create_business
+
+    other = await create_business(str(server.make_url("")), "Other")
+    r1 = await publish(api, event(tenant.business_id, idempotency_key="same"))
+    r2 = await publish(api, event(other, idempotency_key="same"))
+    assert r1.body["events"][0]["duplicate"] is False and r2.body["events"][0]["duplicate"] is False
+    assert r1.body["events"][0]["id"] != r2.body["events"][0]["id"]
+
+
+async def test_publishing_needs_an_internal_token(tenant: Tenant, api: Api) -> None:
+    key = (await tenant.create_key())["key"]
+    assert (await api.post("/internal/v1/events", json=event(tenant.business_id), key=key)).status == 401
+    assert (await api.post("/internal/v1/events", json=event(tenant.business_id))).status == 401
+
+
+async def test_redis_down_still_accepts_and_leaves_the_event_for_the_sweeper(
+    tenant: Tenant, settings: Settings, db: asyncpg.Connection
+) -> None:
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    server = TestServer(create_app(broken), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with Api(str(server.make_url(""))) as api:
+            r = await publish(api, {"events": [event(tenant.business_id, data=call(f"r{i}")) for i in range(3)]})
+    finally:
+        await server.close()
+    assert r.status == 202
+    from shared import ids
+
+    stored = await db.fetch("SELECT id, fanned_out_at FROM events WHERE id = ANY($1::uuid[])",
+                            [ids.decode("evt", e["id"]) for e in r.body["events"]])
+    assert len(stored) == 3
+    assert all(row["fanned_out_at"] is None for row in stored)
+
+
+async def test_accepted_events_are_enqueued_for_fan_out(tenant: Tenant, api: Api, redis_url: str) -> None:
+    import redis.asyncio as aredis
+
+    r = await publish(api, {"events": [event(tenant.business_id, data=call(f"q{i}")) for i in range(2)]})
+    first = r.body["events"][0]["id"]
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        assert await client.exists(f"arq:job:fan-out:{first}") == 1
+        assert await client.zscore("arq:queue", f"fan-out:{first}") is not None
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b"{not json", 400, "bad_request"),
+    (b'{"business_id": "x", "type": ', 400, "bad_request"),
+    (b"", 400, "bad_request"),
+    (b"null", 422, "validation_error"),
+    (b"42", 422, "validation_error"),
+    (b'"text"', 422, "validation_error"),
+])
+async def test_malformed_bodies(api: Api, db: asyncpg.Connection, raw: bytes, status: int, code: str) -> None:
+    before = await count(db)
+    r = await api.post("/internal/v1/events", data=raw, key=INTERNAL_TOKEN,
+                       headers={"Content-Type": "application/json"})
+    assert r.status == status
+    assert r.problem["code"] == code
+    assert await count(db) == before
