@@ -18,7 +18,7 @@ from api.app import create_app
 from shared.db import connect
 from shared.migrations import migrate
 from shared.settings import Settings
-from tests.helpers import INTERNAL_TOKEN, Api, Tenant, make_tenant
+from tests.helpers import INTERNAL_TOKEN, Api, Tenant, make_tenant, with_database
 
 
 def _server_url() -> str:
@@ -27,13 +27,6 @@ def _server_url() -> str:
         or os.environ.get("DATABASE_URL")
         or "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-
-
-def _with_database(url: str, name: str) -> str:
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +40,7 @@ def database_url() -> Iterator[str]:
         await conn.execute(f'CREATE DATABASE "{name}"')
         await conn.close()
         settings = Settings(  # type: ignore[call-arg]
-            DATABASE_URL=_with_database(server, name), REDIS_URL="redis://unused", secret_key=_KEY
+            DATABASE_URL=with_database(server, name), REDIS_URL="redis://unused", secret_key=_KEY
         )
         conn = await connect(settings)
         await migrate(conn)
@@ -59,7 +52,7 @@ def database_url() -> Iterator[str]:
         await conn.close()
 
     asyncio.run(create())
-    yield _with_database(server, name)
+    yield with_database(server, name)
     asyncio.run(drop())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,12 @@ from shared import ids, passwords
 from shared.repos import users as user_repo
 
 INTERNAL_TOKEN = "test-internal-token-1"
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL naming another database (works for TCP and unix-socket URLs)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
 
 
 @dataclass

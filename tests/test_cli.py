@@ -12,6 +12,7 @@ import pytest
 
 from shared import ids
 from shared.settings import Settings
+from tests.helpers import with_database
 from tests.processes import ROOT, process_env
 
 
@@ -110,13 +111,13 @@ def test_unreachable_database_is_one_clear_line(settings: Settings) -> None:
 
 async def test_concurrent_migrations_apply_each_file_once(database_url: str) -> None:
     """Two `migrate` runs on an empty database at once: both succeed, each file applied once."""
-    server = database_url.rsplit("/", 1)[0] + "/postgres"
+    server = with_database(database_url, "postgres")
     name = "kaihooks_migrate_race"
     admin = await asyncpg.connect(server)
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = database_url.rsplit("/", 1)[0] + "/" + name
+        url = with_database(database_url, name)
         settings = Settings(DATABASE_URL=url, REDIS_URL="redis://unused",  # type: ignore[call-arg]
                             secret_key=base64.b64encode(b"x" * 32).decode())
         runs = await asyncio.gather(*[asyncio.to_thread(kaihooks, settings, "migrate") for _ in range(3)])
