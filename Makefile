@@ -19,6 +19,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python scripts/devenv.py test $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -21,7 +21,7 @@ def main() -> None:
     except ImportError:  # pragma: no cover - Windows
         pass
     logging.getLogger("kaihooks.api").info("listening", extra={"port": settings.port})
-    web.run_app(create_app(settings), host="0.0.0.0", port=settings.port, access_log=None,
+    web.run_app(create_app(settings), host=settings.listen_host, port=settings.port, access_log=None,
                 shutdown_timeout=10, print=None)
 
 

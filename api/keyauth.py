@@ -17,10 +17,12 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import redis.exceptions
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from shared import apikeys, redis_keys
 from shared.errors import RateLimited, Unauthorized
@@ -62,6 +64,44 @@ return {epoch, 0, 1, 0, 0}
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
+class _Coalescer:
+    """Runs the checks of every request that reached this point in the same event-loop
+    iteration as one Redis pipeline: one write and one read for many requests."""
+
+    def __init__(self, redis: Redis, script: AsyncScript) -> None:
+        self._redis = redis
+        self._script = script
+        self._pending: list[tuple[list[str], list[str | int], asyncio.Future[list[Any]]]] = []
+
+    async def check(self, keys: list[str], args: list[str | int]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(lambda: loop.create_task(self._flush()))
+        self._pending.append((keys, args, future))
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # every waiter gets the failure and decides
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class KeyVerifier:
     """Owned by one API process; ``verify`` is the whole per-request cost of key auth."""
 
@@ -69,7 +109,7 @@ class KeyVerifier:
         self._settings = settings
         self._db = db
         self._redis = redis
-        self._script = redis.register_script(_CHECK_SCRIPT)
+        self._checks = _Coalescer(redis, redis.register_script(_CHECK_SCRIPT))
         self._cache: dict[bytes, tuple[float, ApiKey]] = {}
         self._epoch: bytes | None = None
         self._used: dict[uuid.UUID, datetime] = {}
@@ -84,15 +124,15 @@ class KeyVerifier:
         if key is None or (key.expires_at is not None and key.expires_at <= datetime.now(UTC)):
             raise Unauthorized()
         try:
-            epoch, revoked, allowed, retry_after_us, touch = await self._script(
-                keys=[
+            epoch, revoked, allowed, retry_after_us, touch = await self._checks.check(
+                [
                     redis_keys.KEY_EPOCH,
                     redis_keys.KEY_REVOKED.format(key_id=key.id),
                     redis_keys.KEY_RATE.format(key_id=key.id),
                     redis_keys.KEY_TOUCHED.format(key_id=key.id),
                 ],
-                args=[os.urandom(8).hex(), self._interval_us, self._settings.rate_limit_burst,
-                      self._settings.key_touch_interval_s],
+                [os.urandom(8).hex(), self._interval_us, self._settings.rate_limit_burst,
+                 self._settings.key_touch_interval_s],
             )
         except _REDIS_DOWN:
             # Without Redis we cannot see revocations made elsewhere: trust only Postgres,

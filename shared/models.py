@@ -58,6 +58,7 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
+    business_name: str | None = None  # filled in by the lookup that authenticates a request
 
     @property
     def public_id(self) -> str:

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     database_url: str = Field(validation_alias=AliasChoices("DATABASE_URL"))
     redis_url: str = Field(validation_alias=AliasChoices("REDIS_URL"))
     port: int = Field(8080, validation_alias=AliasChoices("PORT"), ge=1, le=65535)
+    listen_host: str = "0.0.0.0"  # KAIHOOKS_LISTEN_HOST: the address the API binds
     secret_key: str = Field(repr=False)
     internal_tokens: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
     allow_private_targets: bool = False

@@ -8,9 +8,9 @@ from api import auth, render
 from api.context import DB, REDIS, SETTINGS
 from api.parsing import parse_body
 from api.routing import Routes
-from api.schemas import LoginIn, LoginOut, MeOut, business_out, memberships_out, user_out
+from api.schemas import LoginIn, LoginOut, MeOut, memberships_out, user_out
+from shared import ids
 from shared.errors import Unauthorized
-from shared.repos import businesses
 from shared.repos import sessions as session_repo
 from shared.repos import users as user_repo
 from shared.sign_in import sign_in
@@ -52,12 +52,9 @@ async def me(request: web.Request) -> web.StreamResponse:
     db = request.app[DB]
     if token is not None:
         key = await auth.api_key(request, token)
-        business = await businesses.get(db, key.business_id)
-        if business is None:
-            raise Unauthorized()
         return render.json({
             "type": "api_key",
-            "business": business_out(business),
+            "business": {"id": ids.encode("biz", key.business_id), "name": key.business_name},
             "api_key": {"id": key.public_id, "name": key.name, "scopes": list(key.scopes)},
         })
     session = await auth.session(request)

@@ -68,8 +68,12 @@ async def delete(db: Executor, business_id: uuid.UUID, key_id: uuid.UUID) -> Api
 
 
 async def by_hash(db: Executor, key_hash: bytes) -> ApiKey | None:
-    """The key with this hash, expired or not; the caller decides."""
-    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
+    """The key with this hash (and its business's name), expired or not; the caller decides."""
+    row = await db.fetchrow(
+        f"""SELECT {", ".join("k." + c for c in _COLUMNS.split(", "))}, b.name AS business_name
+            FROM api_keys k JOIN businesses b ON b.id = k.business_id WHERE k.key_hash = $1""",
+        key_hash,
+    )
     return _key(row) if row else None
 
 

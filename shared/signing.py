@@ -1,0 +1,18 @@
+"""Standard Webhooks signatures: base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}"))."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+
+def sign(secret_key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret_key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signature_header(secret_keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,`` signature per live secret, space-separated (several during a rotation)."""
+    return " ".join(sign(key, msg_id, timestamp, body) for key in secret_keys)
