@@ -7,19 +7,19 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from arq.connections import ArqRedis
 
 from api import openapi
 from api.context import DB, KEYS, OPENAPI, REDIS, SETTINGS
 from api.keyauth import KeyVerifier
 from api.problems import problem_middleware
-from api.routes import account, api_keys, events_internal, internal, reads, system
+from api.routes import account, api_keys, events_internal, internal, reads, system, webhooks
 from api.routing import install
 from api.security import security_headers_middleware
 from shared.db import create_pool
+from shared.queue import connect_queue
 from shared.settings import Settings
 
-ROUTE_GROUPS = [system.routes, account.routes, api_keys.routes, reads.routes, internal.routes,
+ROUTE_GROUPS = [system.routes, account.routes, api_keys.routes, reads.routes, webhooks.routes, internal.routes,
                 events_internal.routes]
 
 
@@ -30,8 +30,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = ArqRedis.from_url(app[SETTINGS].redis_url, max_connections=200,
-                                socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    app[REDIS] = connect_queue(app[SETTINGS])
     yield
     await app[REDIS].aclose()
 

@@ -121,3 +121,12 @@ def internal(request: web.Request) -> None:
 
 def client_ip(request: web.Request) -> str | None:
     return request.remote
+
+
+def actor(request: web.Request, access: Access) -> dict[str, object]:
+    """Who to name in the audit log for this request."""
+    return {
+        "actor_user_id": access.session.user.id if access.session else None,
+        "actor_key_id": access.key.id if access.key else None,
+        "ip": client_ip(request),
+    }

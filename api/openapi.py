@@ -64,7 +64,8 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "Success"}
     if op.response is not None:
         ok["content"] = {"application/json": {"schema": _schema(op.response, components, "serialization")}}
-    doc["responses"][str(op.status)] = ok
+    for status in (op.status, *op.also):
+        doc["responses"][str(status)] = ok
     statuses = set(_COMMON_ERRORS[op.auth]) | set(op.errors)
     if op.body is not None:
         statuses |= {400, 413, 415, 422}

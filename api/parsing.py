@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -12,6 +14,9 @@ from api.context import SETTINGS
 from shared.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
+# A JSON \u0000 escape (preceded by an even number of backslashes, so not an escaped backslash):
+# Postgres text and jsonb cannot hold NUL, so such a body is refused up front.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def body_limit(request: web.Request) -> int:
@@ -37,9 +42,29 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.")
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
+    if _NUL_ESCAPE.search(raw):
+        raise ValidationFailed([{"loc": loc, "msg": "may not contain the NUL character (\\u0000)"}
+                                for loc in _nul_locations(data, ["body"])][:20] or
+                               [{"loc": ["body"], "msg": "may not contain the NUL character (\\u0000)"}])
+    return data
+
+
+def _nul_locations(value: Any, loc: list[Any]) -> Iterator[list[Any]]:
+    """Where in a parsed body a string (value or key) holds a NUL."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield loc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                yield [*loc, key.replace("\x00", "\\u0000")]
+            yield from _nul_locations(item, [*loc, key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_locations(item, [*loc, index])
 
 
 def errors_of(exc: ValidationError, where: str) -> list[dict[str, Any]]:
@@ -58,4 +83,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
-    return validate(model, dict(request.query), "query")
+    query = dict(request.query)
+    for name, value in query.items():
+        if "\x00" in value:
+            raise ValidationFailed.at(["query", name], "may not contain the NUL character")
+    return validate(model, query, "query")

@@ -71,6 +71,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         detail = _DETAILS.get(exc.status, exc.reason).format(method=request.method)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return problem(exc.status, code, exc.reason, detail, headers)
+    except (asyncpg.exceptions.DataError, OverflowError):
+        # A value Postgres cannot hold (a NUL in a path segment, a date out of range) that no
+        # earlier check caught: the transaction rolled back, so it is the client's input to fix.
+        log.warning("unstorable value in request", exc_info=True, extra={"path": request.path})
+        return problem(422, "validation_error", "Validation error",
+                       "A value in the request cannot be stored (out of range or containing NUL).",
+                       errors=[{"loc": ["request"], "msg": "a value cannot be stored"}])
     except _UNAVAILABLE:
         log.warning("dependency unavailable", exc_info=True, extra={"path": request.path})
         return problem(503, "service_unavailable", "Service unavailable",

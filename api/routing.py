@@ -28,6 +28,8 @@ class Operation:
     tag: str = "api"
     # Problem statuses this route can answer besides the ones every route may (400/401/404/...).
     errors: tuple[int, ...] = field(default_factory=tuple)
+    # Other success statuses, answered with the same response body (e.g. 200 for a dry run).
+    also: tuple[int, ...] = field(default_factory=tuple)
 
 
 class Routes:

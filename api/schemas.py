@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from shared import ids
 from shared.apikeys import SCOPES
 from shared.events import CallStatus, EventBatchIn, EventIn, EventType
-from shared.models import ApiKey, Business, Membership, Role, User
+from shared.models import ApiKey, Business, Endpoint, Membership, Role, User
+from shared.timestamps import Timestamp
 
 Scope = Literal["agents:read", "calls:read", "leads:read", "events:read", "webhooks:read", "webhooks:write"]
 assert set(Scope.__args__) == set(SCOPES)  # type: ignore[attr-defined]
@@ -97,7 +99,7 @@ class ApiKeyIn(Body):
     scopes: list[Scope] | None = Field(
         default=None, description="Omit for every :read scope. An empty list is refused."
     )
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
 
     @field_validator("scopes")
     @classmethod
@@ -211,5 +213,143 @@ class EventsQuery(ListQuery):
 class CallsQuery(ListQuery):
     status: CallStatus | None = None
     agent_id: str | None = Field(default=None, max_length=200)
-    since: AwareDatetime | None = Field(default=None, description="calls started at or after (RFC 3339)")
-    until: AwareDatetime | None = Field(default=None, description="calls started before (RFC 3339)")
+    since: Timestamp | None = Field(default=None, description="calls started at or after (RFC 3339)")
+    until: Timestamp | None = Field(default=None, description="calls started before (RFC 3339)")
+
+
+# ---- webhooks ---------------------------------------------------------------
+
+class EndpointIn(Body):
+    url: str = Field(min_length=1, max_length=2048, description="https:// to a public address")
+    description: str = Field(default="", max_length=500)
+    event_types: list[EventType] | None = Field(
+        default=None, min_length=1, description="null or absent: every type")
+
+
+class EndpointPatch(Body):
+    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    description: str | None = Field(default=None, max_length=500)
+    event_types: list[EventType] | None = Field(default=None, min_length=1)
+    enabled: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the request named (``event_types: null`` means every type; other nulls are refused)."""
+        out = {name: getattr(self, name) for name in self.model_fields_set}
+        for name in ("url", "description", "enabled"):
+            if name in out and out[name] is None:
+                raise ValueError(name)
+        return out
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    description: str
+    event_types: list[str] | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointCreatedOut(EndpointOut):
+    secret: str = Field(description="The signing secret (whsec_…); also available later from /secret")
+
+
+class EndpointList(BaseModel):
+    data: list[EndpointOut]
+    next_cursor: str | None
+
+
+def endpoint_out(e: Endpoint) -> dict[str, Any]:
+    return {
+        "id": e.public_id, "url": e.url, "description": e.description,
+        "event_types": list(e.event_types) if e.event_types is not None else None,
+        "enabled": e.enabled, "disabled_reason": e.disabled_reason,
+        "created_at": e.created_at, "updated_at": e.updated_at,
+    }
+
+
+class SecretOut(BaseModel):
+    secret: str
+
+
+class RotateIn(Body):
+    grace_seconds: int = Field(default=86400, ge=0, le=7 * 86400,
+                               description="How long the old secret keeps signing beside the new one")
+
+
+class TestOut(BaseModel):
+    delivery_id: str
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event_id: str
+    endpoint_id: str
+    event_type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempt_count: int
+    next_attempt_at: datetime | None
+    last_response_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AttemptOut(BaseModel):
+    number: int
+    started_at: datetime
+    duration_ms: int
+    response_status: int | None
+    response_body: str | None
+    error: str | None = Field(description="a stable word: timeout, connection_refused, dns, tls, http_status, …")
+    error_message: str | None = Field(description="the same failure in plain words")
+    trigger: Literal["scheduled", "retry", "recover", "test"]
+    url: str
+
+
+class DeliveryDetailOut(DeliveryOut):
+    attempts: list[AttemptOut]
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class DeliveriesQuery(ListQuery):
+    status: Literal["pending", "succeeded", "failed"] | None = None
+
+
+class RecoverIn(Body):
+    since: Timestamp
+    until: Timestamp | None = None
+    include_missed: bool = False
+    dry_run: bool = False
+
+
+class RecoverOut(BaseModel):
+    count: int
+    failed: int | None = None
+    missed: int | None = None
+    by_event_type: dict[str, int] | None = None
+    by_last_status: dict[str, int] | None = None
+
+
+def delivery_out(row: Any) -> dict[str, Any]:
+    return {
+        "id": ids.encode("dlv", row["id"]), "event_id": ids.encode("evt", row["event_id"]),
+        "endpoint_id": ids.encode("ep", row["endpoint_id"]), "event_type": row["event_type"],
+        "status": row["status"], "attempt_count": row["attempt_count"], "next_attempt_at": row["next_attempt_at"],
+        "last_response_status": row["last_response_status"], "last_error": row["last_error"],
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
+    }
+
+
+def attempt_out(row: Any) -> dict[str, Any]:
+    return {
+        "number": row["number"], "started_at": row["started_at"], "duration_ms": row["duration_ms"],
+        "response_status": row["response_status"], "response_body": row["response_body"],
+        "error": row["error_kind"], "error_message": row["error"], "trigger": row["trigger"], "url": row["url"],
+    }

@@ -1,9 +1,11 @@
-"""A bounded HTTP load loop: N concurrent keep-alive clients GET one URL for a fixed time.
+"""Bounded load loops: N concurrent workers repeat one operation for a fixed time.
 
-Throughput counts the responses completed inside the measurement window (which starts
-after the warm-up). A response is an error unless its status is 200 and its body is
-exactly the expected bytes; errors are counted over the whole loop, warm-up included.
-The loop is bounded by time and by a request count, and only ever targets 127.0.0.1.
+``measure`` is the HTTP one: keep-alive clients GET one URL, and a response is an error
+unless its status is 200 and its body is exactly the expected bytes. ``run_ops`` runs
+any operation the same way (a scenario's POSTs, a baseline's database inserts).
+Throughput counts the operations completed inside the measurement window (which starts
+after the warm-up); errors are counted over the whole loop, warm-up included. Every
+loop is bounded by time and by an operation count, and only ever targets 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -47,65 +50,105 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
-async def _load(url: str, headers: dict[str, str], expected: bytes, concurrency: int, warmup_s: float,
-                duration_s: float, pids: dict[str, list[int]], max_requests: int) -> Window:
+# One operation of a load loop, given the index of the worker running it (0..concurrency-1):
+# None if it went right, else what went wrong (the operation catches its own exceptions).
+Op = Callable[[int], Awaitable[str | None]]
+
+
+# Process groups whose CPU is reported: a dict, or a function giving it when the window opens (so that
+# processes started during the warm-up, such as new Postgres backends, are counted).
+Pids = dict[str, list[int]] | Callable[[], dict[str, list[int]]]
+
+
+async def _loop(open_op: Callable[[int], AbstractAsyncContextManager[Op]], concurrency: int, warmup_s: float,
+                duration_s: float, pids: Pids, max_ops: int) -> Window:
+    """``concurrency`` workers repeat ``op`` until the window closes or ``max_ops`` were issued."""
     now = time.perf_counter
-    t0 = now() + warmup_s
-    t1 = t0 + duration_s
     latencies: list[float] = []
     errors: list[str] = []
     issued = 0
-    meter = CpuMeter({"client": [os.getpid()], **pids})
 
-    async def metered() -> dict[str, float]:
-        await asyncio.sleep(max(0.0, t0 - now()))
-        meter.start()
-        await asyncio.sleep(max(0.0, t1 - now()))
-        return meter.stop()
+    async with open_op(concurrency) as op:
+        # The clock starts once the operation is set up (sessions, connections).
+        t0 = now() + warmup_s
+        t1 = t0 + duration_s
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal issued
-        while issued < max_requests:
-            sent = now()
-            if sent >= t1:
-                return
-            issued += 1
-            try:
-                async with session.get(url) as response:
-                    body = await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                errors.append(repr(exc))
-                continue
-            done = now()
-            if status != 200 or body != expected:
-                errors.append(f"HTTP {status}: {body[:200]!r}")
-            elif t0 <= done <= t1:
-                latencies.append(done - sent)
+        async def metered() -> dict[str, float]:
+            await asyncio.sleep(max(0.0, t0 - now()))
+            meter = CpuMeter({"client": [os.getpid()], **(pids() if callable(pids) else pids)})
+            meter.start()
+            await asyncio.sleep(max(0.0, t1 - now()))
+            return meter.stop()
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+        async def worker(index: int) -> None:
+            nonlocal issued
+            while issued < max_ops:
+                sent = now()
+                if sent >= t1:
+                    return
+                issued += 1
+                error = await op(index)
+                done = now()
+                if error is not None:
+                    errors.append(error)
+                elif t0 <= done <= t1:
+                    latencies.append(done - sent)
+
         meter_task = asyncio.create_task(metered())
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
         cpu = await meter_task
     return Window(ok=len(latencies), errors=len(errors), window_s=duration_s, latencies_s=latencies, cpu=cpu,
                   error_samples=errors[:MAX_ERROR_SAMPLES])
 
 
+def run_ops(open_op: Callable[[int], AbstractAsyncContextManager[Op]], *, concurrency: int, warmup_s: float,
+            duration_s: float, pids: Pids, max_ops: int) -> Window:
+    """Run one bounded window of any operation (its own event loop, uvloop if installed).
+
+    ``open_op(concurrency)`` is an async context manager that sets up what the workers
+    share (an HTTP session, database connections) and yields the operation; it runs
+    inside the window's event loop. Throughput counts the operations completed inside
+    the window; errors are counted over the whole loop, warm-up included.
+    """
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_loop(open_op, concurrency, warmup_s, duration_s, pids, max_ops))
+
+
+def check_local(url: str) -> None:
+    if urllib.parse.urlsplit(url).hostname != "127.0.0.1":
+        raise ValueError(f"benchmarks only target 127.0.0.1, not {url}")
+
+
 def measure(url: str, *, expected: bytes, concurrency: int, warmup_s: float, duration_s: float,
-            pids: dict[str, list[int]], headers: dict[str, str] | None = None,
-            max_requests: int = MAX_REQUESTS) -> Window:
-    """Run one bounded load window (its own event loop, uvloop if installed).
+            pids: Pids, headers: dict[str, str] | None = None, max_requests: int = MAX_REQUESTS) -> Window:
+    """One bounded window of keep-alive ``GET url``; a response is right if it is 200 with exactly ``expected``.
 
     ``pids`` names groups of processes whose CPU use over the window is reported (the
     load generator itself is always reported as ``client``).
     """
-    if urllib.parse.urlsplit(url).hostname != "127.0.0.1":
-        raise ValueError(f"benchmarks only target 127.0.0.1, not {url}")
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_load(url, headers or {}, expected, concurrency, warmup_s, duration_s, pids,
-                                max_requests))
+    check_local(url)
+
+    @asynccontextmanager
+    async def open_get(concurrency: int) -> AsyncIterator[Op]:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers or {}) as session:
+
+            async def get(_: int) -> str | None:
+                try:
+                    async with session.get(url) as response:
+                        body = await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    return repr(exc)
+                if status != 200 or body != expected:
+                    return f"HTTP {status}: {body[:200]!r}"
+                return None
+
+            yield get
+
+    return run_ops(open_get, concurrency=concurrency, warmup_s=warmup_s, duration_s=duration_s, pids=pids,
+                   max_ops=max_requests)
 
 
 def _percentile_ms(ordered: list[float], q: float) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,16 +106,43 @@ def wait_http(child: Child, port: int, path: str, headers: dict[str, str] | None
                      f"{child.log_tail()}")
 
 
-def listening_group(port: int) -> list[int]:
-    """The process listening on 127.0.0.1:``port`` and its children (a Postgres server's backends); [] if unseen."""
+_listeners: dict[int, int] = {}
+# A Postgres client backend's title: "postgres: 15/main: <user> <database> <host>(<port>) <state>"
+_BACKEND = re.compile(r" \S+ (\S+) (?:\d{1,3}(?:\.\d{1,3}){3}|\[?[0-9a-f:]+\]?|\[local\])(?:\(\d+\))? ")
+
+
+def listening_group(port: int, database: str | None = None) -> list[int]:
+    """The process listening on 127.0.0.1:``port`` and its children now (a Postgres server's backends,
+    including connections opened a moment ago); [] if unseen. The listener is looked up once per port.
+
+    With ``database``, client backends connected to any other database (other tenants' test
+    runs on a shared server) are left out; the server's own processes stay in.
+    """
     try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                proc = psutil.Process(conn.pid)
-                return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
+        if port not in _listeners:
+            for conn in psutil.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                    _listeners[port] = conn.pid
+                    break
+            else:
+                return []
+        proc = psutil.Process(_listeners[port])
+        children = proc.children(recursive=True)
     except psutil.Error:
-        pass
-    return []
+        _listeners.pop(port, None)
+        return []
+    pids = [proc.pid]
+    for child in children:
+        if database is not None:
+            try:
+                title = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            match = _BACKEND.search(title)
+            if match and match.group(1) != database:
+                continue
+        pids.append(child.pid)
+    return pids
 
 
 class CpuMeter:

@@ -26,10 +26,12 @@ import profiling
 import psutil
 import report
 import scenario_me
+import scenario_p5
+import scenario_p6
 import setup_env
 
 # id -> module with ID, TITLE and run(ctx) -> result dict (see scenario_me.py). Add P1-P8 here.
-SCENARIOS = {module.ID: module for module in (scenario_me,)}
+SCENARIOS = {module.ID: module for module in (scenario_me, scenario_p5, scenario_p6)}
 
 
 def say(message: str) -> None:

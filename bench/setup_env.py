@@ -5,6 +5,8 @@ else embedded ones started exactly as ``scripts/devenv.py`` does (its functions 
 reused, not copied). DATABASE_URL / REDIS_URL are ignored on purpose: a benchmark
 talks to 127.0.0.1 only. Everything made here is undone through the ``ExitStack``:
 the database ``kaihooks_bench_<random>`` is dropped and Redis db 3 is flushed.
+Children get a fresh secret key and a random internal token (``KAIHOOKS_INTERNAL_TOKENS``,
+for the publishing routes); neither is written to the results.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Context:
     redis_url: str
     business_id: str
     api_key: str
+    internal_token: str  # KAIHOOKS_INTERNAL_TOKENS of every child: for /internal/v1 (publishing)
     tmp_dir: Path  # child logs and scratch files; removed after a successful run
     results_dir: Path = ROOT / "bench" / "results"
     quick: bool = False
@@ -125,6 +128,7 @@ def prepare(stack: ExitStack, tmp_dir: Path) -> Context:
         "DATABASE_URL": devenv.with_database(server_url, database),
         "REDIS_URL": redis_url,
         "KAIHOOKS_SECRET_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "KAIHOOKS_INTERNAL_TOKENS": secrets.token_urlsafe(32),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
     })
@@ -136,4 +140,5 @@ def prepare(stack: ExitStack, tmp_dir: Path) -> Context:
     business_id, api_key = asyncio.run(_seed(env))
     _say(f"database {database} migrated and seeded (business {business_id}); Redis {redis_url}")
     return Context(stack=stack, env=env, database_url=env["DATABASE_URL"], redis_url=redis_url,
-                   business_id=business_id, api_key=api_key, tmp_dir=tmp_dir)
+                   business_id=business_id, api_key=api_key, internal_token=env["KAIHOOKS_INTERNAL_TOKENS"],
+                   tmp_dir=tmp_dir)

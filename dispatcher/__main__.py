@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
-from arq.worker import Worker
-
-from dispatcher.worker import worker_options
+from dispatcher.worker import serve
 from shared.logs import configure_logging
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 
 
 def main() -> None:
@@ -20,8 +19,15 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - Windows
         pass
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    Worker(**worker_options(settings)).run()
+    asyncio.run(_run(settings))
+
+
+async def _run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.timestamps import Timestamp
 
 MAX_BATCH = 500
 MAX_DATA_BYTES = 256 * 1024
@@ -42,8 +44,8 @@ class CallData(_Data):
     from_: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(alias="from")
     to: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     status: CallStatus
-    started_at: AwareDatetime
-    ended_at: AwareDatetime | None = None
+    started_at: Timestamp
+    ended_at: Timestamp | None = None
     duration_seconds: Annotated[float, Field(ge=0)] | None = None
     summary: str | None = None
     transcript: str | None = None
@@ -90,7 +92,7 @@ class EventIn(BaseModel):
     type: EventType
     data: dict[str, Any]
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Timestamp | None = None
 
 
 class EventBatchIn(BaseModel):

@@ -68,3 +68,24 @@ class ApiKey:
     def prefix(self) -> str:
         """What the dashboard shows: ``kc_live_AbCd…wxyz``."""
         return f"{self.display_prefix}…{self.last4}"
+
+
+DeliveryStatus = Literal["pending", "succeeded", "failed"]  # matches the CHECK on deliveries.status
+Trigger = Literal["scheduled", "retry", "recover", "test"]  # matches the CHECK on attempts.trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: uuid.UUID
+    business_id: uuid.UUID
+    url: str
+    description: str
+    event_types: tuple[str, ...] | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def public_id(self) -> str:
+        return ids.encode("ep", self.id)

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import orjson
 
 from shared.errors import ValidationFailed
+from shared.timestamps import in_utc_range
 
 T = TypeVar("T")
 
@@ -54,18 +55,18 @@ def decode_cursor(cursor: str) -> Position:
         created_at, id_text = orjson.loads(raw)
         if not isinstance(id_text, str) or not isinstance(created_at, str):
             raise TypeError
-        pos = Position(datetime.fromisoformat(created_at), id_text)
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError
+        return Position(in_utc_range(when), id_text)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
         raise ValidationFailed.at(["query", "cursor"], "cursor is not valid") from None
-    if pos.created_at.tzinfo is None:
-        raise ValidationFailed.at(["query", "cursor"], "cursor is not valid")
-    return pos
 
 
 def parse_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not (text.isascii() and text.isdigit() and len(text) <= 3) or not 1 <= int(text) <= MAX_LIMIT:
         raise ValidationFailed.at(["query", "limit"], f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(text)
 

@@ -12,12 +12,24 @@ from collections.abc import Sequence
 
 import redis.exceptions
 from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
 
 from shared import ids
+from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.queue")
 
 FAN_OUT = "fan_out"
+WAKE = "wake"
+WAKE_JOB_ID = "wake"  # one at a time: a wake-up already queued covers later ones
+
+
+def connect_queue(settings: Settings) -> ArqRedis:
+    """The Redis client of an API process or the CLI: enqueues go to ``settings.queue_name``.
+    Nothing connects until first use, so a process starts even while Redis is down."""
+    pool = ConnectionPool.from_url(settings.redis_url, max_connections=200, socket_timeout=5,
+                                   socket_connect_timeout=2, health_check_interval=30)
+    return ArqRedis(pool, default_queue_name=settings.queue_name)
 
 
 def fan_out_job_id(event_ids: Sequence[uuid.UUID]) -> str:
@@ -36,3 +48,11 @@ async def enqueue_fan_out(queue: ArqRedis, event_ids: Sequence[uuid.UUID]) -> bo
                     extra={"event_ids": [ids.encode("evt", e) for e in event_ids[:10]], "count": len(event_ids)})
         return False
     return True
+
+
+async def wake_workers(queue: ArqRedis) -> None:
+    """Ask a worker to look for due deliveries now; harmless if Redis is down (workers poll anyway)."""
+    try:
+        await queue.enqueue_job(WAKE, _job_id=WAKE_JOB_ID)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        log.warning("could not wake the workers; they will find the work at their next poll")

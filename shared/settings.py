@@ -36,6 +36,22 @@ class Settings(BaseSettings):
         5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400,
     )
     delivery_timeout: float = Field(10.0, gt=0, le=300)
+    # Older master keys, base64, comma-separated: webhook secrets sealed under them still open.
+    old_secret_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+
+    # Delivery.
+    endpoint_max_in_flight: int = Field(10, ge=1)  # concurrent requests to one endpoint, per worker
+    max_in_flight: int = Field(1000, ge=1)  # concurrent requests per worker
+    max_response_bytes: int = Field(64 * 1024, ge=1024)  # read at most this much of a response
+    retry_after_cap_s: int = Field(24 * 3600, ge=1)
+    replay_schedule: Annotated[tuple[float, ...], NoDecode] = (60, 300, 1800)
+    lease_s: float = Field(15.0, gt=1)  # a worker's hold on a delivery; renewed while it holds it
+    disable_after_failing_s: int = Field(5 * 86400, ge=60)
+    circuit_failures: int = Field(5, ge=1)  # consecutive failures that open an endpoint's breaker
+    circuit_open_s: float = Field(30.0, gt=0)  # how long deliveries to it are deferred, doubling to 10 min
+    worker_poll_s: float = Field(0.5, gt=0)  # how often a worker looks for due retries
+    queue_poll_s: float = Field(0.01, gt=0)  # how often an idle worker checks the arq queue
+    queue_name: str = "arq:queue"  # the arq queue (give each deployment sharing a Redis its own)
     dev: bool = False
 
     # Sessions and sign-in.
@@ -68,14 +84,14 @@ class Settings(BaseSettings):
             raise ValueError("KAIHOOKS_SECRET_KEY must decode to 32 bytes (run `kaihooks secret-key`)")
         return value
 
-    @field_validator("internal_tokens", mode="before")
+    @field_validator("internal_tokens", "old_secret_keys", mode="before")
     @classmethod
-    def _split_tokens(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
 
-    @field_validator("retry_schedule", mode="before")
+    @field_validator("retry_schedule", "replay_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
         if isinstance(value, str):
@@ -85,6 +101,10 @@ class Settings(BaseSettings):
     @cached_property
     def secret_key_bytes(self) -> bytes:
         return base64.b64decode(self.secret_key)
+
+    @cached_property
+    def old_secret_keys_bytes(self) -> tuple[bytes, ...]:
+        return tuple(base64.b64decode(k) for k in self.old_secret_keys)
 
 
 def load_settings() -> Settings:

@@ -1,5 +1,17 @@
 -- Webhook endpoints, their signing secrets, deliveries and the attempt log.
 
+-- A UUIDv7 made in SQL (48 bits of milliseconds, then random), for rows created by
+-- INSERT ... SELECT in bulk. The same layout as shared.ids.new_uuid.
+CREATE FUNCTION kaihooks_uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$;
+
 CREATE TABLE endpoints (
     id               uuid PRIMARY KEY,
     business_id      uuid NOT NULL REFERENCES businesses (id) ON DELETE CASCADE,
@@ -32,7 +44,7 @@ CREATE UNIQUE INDEX endpoint_secrets_one_current ON endpoint_secrets (endpoint_i
 
 -- status must match shared.models.DeliveryStatus; trigger (attempts) shared.models.Trigger
 CREATE TABLE deliveries (
-    id                    uuid PRIMARY KEY,
+    id                    uuid PRIMARY KEY DEFAULT kaihooks_uuid7(),
     event_id              uuid NOT NULL REFERENCES events (id) ON DELETE CASCADE,
     endpoint_id           uuid NOT NULL REFERENCES endpoints (id) ON DELETE CASCADE,
     business_id           uuid NOT NULL,

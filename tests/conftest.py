@@ -66,6 +66,10 @@ def redis_url() -> str:
 
 
 _KEY = base64.b64encode(b"k" * 32).decode()
+# One master key for the whole session: rows sealed by one test stay readable by the next test's worker.
+_SESSION_SECRET_KEY = base64.b64encode(os.urandom(32)).decode()
+# This test session's own arq queue, so that two test runs sharing a Redis never take each other's jobs.
+_QUEUE = f"kaihooks-test:{uuid.uuid4().hex[:8]}:queue"
 
 
 @pytest.fixture
@@ -79,7 +83,7 @@ def settings(database_url: str, redis_url: str, settings_overrides: dict[str, An
     values: dict[str, Any] = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "secret_key": base64.b64encode(os.urandom(32)).decode(),
+        "secret_key": _SESSION_SECRET_KEY,
         "internal_tokens": (INTERNAL_TOKEN, "test-internal-token-2"),
         "dev": True,
         "db_pool_min_size": 1,
@@ -87,6 +91,7 @@ def settings(database_url: str, redis_url: str, settings_overrides: dict[str, An
         # Every test signs in from 127.0.0.1; only the throttle's own tests use the real limit.
         "login_max_failures": 10_000,
         "login_max_failures_per_ip": 10_000,
+        "queue_name": _QUEUE,
     }
     values.update(settings_overrides)
     return Settings(**values)

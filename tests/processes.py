@@ -35,6 +35,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         "KAIHOOKS_SECRET_KEY": settings.secret_key,
         "KAIHOOKS_INTERNAL_TOKENS": ",".join(settings.internal_tokens),
         "KAIHOOKS_DEV": "1" if settings.dev else "0",
+        "KAIHOOKS_QUEUE_NAME": settings.queue_name,
+        "KAIHOOKS_ALLOW_PRIVATE_TARGETS": "1" if settings.allow_private_targets else "0",
     })
     env.update(extra)
     return env

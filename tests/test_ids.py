@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -36,5 +37,5 @@ def test_extremes() -> None:
 
 def test_new_uuids_strictly_increase_within_a_process() -> None:
     made = [ids.new_uuid() for _ in range(5000)]
-    assert all(a.int < b.int for a, b in zip(made, made[1:], strict=False))
+    assert all(a.int < b.int for a, b in itertools.pairwise(made))
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)

@@ -184,7 +184,8 @@ async def test_redis_down_still_accepts_and_leaves_the_event_for_the_sweeper(
     assert all(row["fanned_out_at"] is None for row in stored)
 
 
-async def test_accepted_events_are_enqueued_for_fan_out(tenant: Tenant, api: Api, redis_url: str) -> None:
+async def test_accepted_events_are_enqueued_for_fan_out(tenant: Tenant, api: Api, redis_url: str,
+                                                        settings: Settings) -> None:
     import redis.asyncio as aredis
 
     r = await publish(api, {"events": [event(tenant.business_id, data=call(f"q{i}")) for i in range(2)]})
@@ -192,7 +193,7 @@ async def test_accepted_events_are_enqueued_for_fan_out(tenant: Tenant, api: Api
     client = aredis.Redis.from_url(redis_url)
     try:
         assert await client.exists(f"arq:job:fan-out:{first}") == 1
-        assert await client.zscore("arq:queue", f"fan-out:{first}") is not None
+        assert await client.zscore(settings.queue_name, f"fan-out:{first}") is not None
     finally:
         await client.aclose()
 

@@ -66,7 +66,7 @@ _COLUMNS = "id, business_id, type, data::text AS data_json, occurred_at, created
 async def list_page(
     db: Executor, business_id: uuid.UUID, limit: int, after: Position | None, event_type: str | None
 ) -> Page[EventRow]:
-    conditions = ["business_id = $1"]
+    conditions = ["business_id = $1", "type <> 'webhook.test'"]
     args: list[object] = [business_id, limit + 1]
     if event_type is not None:
         args.append(event_type)
@@ -83,6 +83,8 @@ async def list_page(
 
 
 async def get(db: Executor, business_id: uuid.UUID, event_id: uuid.UUID) -> EventRow | None:
-    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM events WHERE id = $1 AND business_id = $2",
-                            event_id, business_id)
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM events WHERE id = $1 AND business_id = $2 AND type <> 'webhook.test'",
+        event_id, business_id,
+    )
     return EventRow(**row) if row else None

@@ -1,0 +1,192 @@
+"""/v1/businesses/{business_id}/webhook-endpoints and /deliveries: endpoints, secrets, tests, retries."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from api import auth, render
+from api.context import DB, REDIS, SETTINGS
+from api.parsing import parse_body, parse_query, read_json, validate
+from api.routing import Routes
+from api.schemas import (
+    DeliveriesQuery,
+    DeliveryDetailOut,
+    DeliveryList,
+    EndpointCreatedOut,
+    EndpointIn,
+    EndpointList,
+    EndpointOut,
+    EndpointPatch,
+    ListQuery,
+    RecoverIn,
+    RecoverOut,
+    RotateIn,
+    SecretOut,
+    TestOut,
+    attempt_out,
+    delivery_out,
+    endpoint_out,
+)
+from shared import ids
+from shared import webhook_service as service
+from shared.errors import NotFound, ValidationFailed
+from shared.pagination import decode_cursor, parse_limit
+from shared.repos import deliveries as delivery_repo
+from shared.repos import endpoints as endpoint_repo
+
+routes = Routes("webhooks")
+BASE = "/v1/businesses/{business_id}/webhook-endpoints"
+ONE = BASE + "/{endpoint_id}"
+READ, WRITE = "webhooks:read", "webhooks:write"
+
+
+def _endpoint_id(request: web.Request) -> uuid.UUID:
+    value = ids.decode("ep", request.match_info["endpoint_id"])
+    if value is None:
+        raise NotFound("No such endpoint.")
+    return value
+
+
+async def _write_access(request: web.Request) -> auth.Access:
+    return await auth.business_access(request, scope=WRITE, write=True)
+
+
+@routes.get(BASE, summary="Webhook endpoints, newest first", auth="key_or_session", scope=READ, query=ListQuery,
+            response=EndpointList)
+async def list_endpoints(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope=READ)
+    q = parse_query(request, ListQuery)
+    after = decode_cursor(q.cursor) if q.cursor else None
+    page = await endpoint_repo.list_page(request.app[DB], access.business_id, parse_limit(q.limit), after)
+    return render.page([endpoint_out(e) for e in page.items], page.next_cursor)
+
+
+@routes.post(BASE, summary="Add an endpoint (returns its signing secret)", auth="key_or_session", scope=WRITE,
+             body=EndpointIn, response=EndpointCreatedOut, status=201)
+async def create_endpoint(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    body = await parse_body(request, EndpointIn)
+    created = await service.create_endpoint(
+        request.app[DB], request.app[SETTINGS], business_id=access.business_id, url=body.url,
+        description=body.description, event_types=body.event_types, actor=auth.actor(request, access),
+    )
+    return render.json({**endpoint_out(created.endpoint), "secret": created.secret}, status=201)
+
+
+@routes.get(ONE, summary="One endpoint", auth="key_or_session", scope=READ, response=EndpointOut)
+async def get_endpoint(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope=READ)
+    return render.json(endpoint_out(await service.get_endpoint(request.app[DB], access.business_id,
+                                                               _endpoint_id(request))))
+
+
+@routes.patch(ONE, summary="Change url, description, event_types or enabled", auth="key_or_session", scope=WRITE,
+              body=EndpointPatch, response=EndpointOut, errors=(409,))
+async def update_endpoint(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    endpoint_id = _endpoint_id(request)
+    body = validate(EndpointPatch, await read_json(request))
+    try:
+        changes = body.changes()
+    except ValueError as exc:
+        raise ValidationFailed.at(["body", str(exc)], "may not be null") from None
+    endpoint = await service.update_endpoint(request.app[DB], request.app[SETTINGS], access.business_id,
+                                             endpoint_id, changes, auth.actor(request, access))
+    return render.json(endpoint_out(endpoint))
+
+
+@routes.delete(ONE, summary="Delete an endpoint", auth="key_or_session", scope=WRITE, status=204)
+async def delete_endpoint(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    await service.delete_endpoint(request.app[DB], access.business_id, _endpoint_id(request),
+                                  auth.actor(request, access))
+    return render.no_content()
+
+
+@routes.post(ONE + "/test", summary="Send a webhook.test event to this endpoint only", auth="key_or_session",
+             scope=WRITE, response=TestOut, status=202, errors=(409,))
+async def send_test(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    delivery_id = await service.send_test(request.app[DB], request.app[REDIS], access.business_id,
+                                          _endpoint_id(request))
+    return render.json({"delivery_id": delivery_id}, status=202)
+
+
+@routes.get(ONE + "/secret", summary="The current signing secret", auth="key_or_session", scope=WRITE,
+            response=SecretOut)
+async def reveal_secret(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    secret = await service.reveal_secret(request.app[DB], request.app[SETTINGS], access.business_id,
+                                         _endpoint_id(request))
+    return render.json({"secret": secret})
+
+
+@routes.post(ONE + "/secret/rotate", summary="Rotate the signing secret; the old one signs on for the grace period",
+             auth="key_or_session", scope=WRITE, body=RotateIn, response=SecretOut)
+async def rotate_secret(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    endpoint_id = _endpoint_id(request)
+    raw = await read_json(request) if request.can_read_body else {}
+    body = validate(RotateIn, raw)
+    secret = await service.rotate_secret(request.app[DB], request.app[SETTINGS], access.business_id, endpoint_id,
+                                         body.grace_seconds, auth.actor(request, access))
+    return render.json({"secret": secret})
+
+
+@routes.get(ONE + "/deliveries", summary="Deliveries to this endpoint, newest first", auth="key_or_session",
+            scope=READ, query=DeliveriesQuery, response=DeliveryList)
+async def list_deliveries(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope=READ)
+    endpoint_id = _endpoint_id(request)
+    q = parse_query(request, DeliveriesQuery)
+    await service.get_endpoint(request.app[DB], access.business_id, endpoint_id)
+    after = decode_cursor(q.cursor) if q.cursor else None
+    page = await delivery_repo.list_for_endpoint(request.app[DB], endpoint_id, parse_limit(q.limit), after, q.status)
+    return render.page([delivery_out(r) for r in page.items], page.next_cursor)
+
+
+@routes.post(ONE + "/recover", summary="Re-send failed deliveries created in a window (dry_run: only count)",
+             auth="key_or_session", scope=WRITE, body=RecoverIn, response=RecoverOut, status=202, also=(200,),
+             errors=(409,))
+async def recover(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    endpoint_id = _endpoint_id(request)
+    await service.get_endpoint(request.app[DB], access.business_id, endpoint_id)  # 404 before 422
+    body = await parse_body(request, RecoverIn)
+    result = await service.recover(
+        request.app[DB], request.app[REDIS], access.business_id, endpoint_id, since=body.since, until=body.until,
+        include_missed=body.include_missed, dry_run=body.dry_run, actor=auth.actor(request, access),
+    )
+    if body.dry_run:
+        return render.json({"count": result.count, "failed": result.failed, "missed": result.missed,
+                            "by_event_type": result.by_event_type, "by_last_status": result.by_last_status})
+    return render.json({"count": result.count}, status=202)
+
+
+def _delivery_id(request: web.Request) -> uuid.UUID:
+    value = ids.decode("dlv", request.match_info["delivery_id"])
+    if value is None:
+        raise NotFound("No such delivery.")
+    return value
+
+
+@routes.get("/v1/businesses/{business_id}/deliveries/{delivery_id}", summary="One delivery with its attempts",
+            auth="key_or_session", scope=READ, response=DeliveryDetailOut)
+async def get_delivery(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope=READ)
+    delivery_id = _delivery_id(request)
+    row = await delivery_repo.get(request.app[DB], access.business_id, delivery_id)
+    if row is None:
+        raise NotFound("No such delivery.")
+    attempts = await delivery_repo.attempts(request.app[DB], delivery_id)
+    return render.json({**delivery_out(row), "attempts": [attempt_out(a) for a in attempts]})
+
+
+@routes.post("/v1/businesses/{business_id}/deliveries/{delivery_id}/retry", summary="Re-send a delivery now",
+             auth="key_or_session", scope=WRITE, status=202, errors=(409,))
+async def retry_delivery(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    await service.retry_delivery(request.app[DB], request.app[REDIS], access.business_id, _delivery_id(request))
+    return render.json({"status": "pending"}, status=202)

@@ -1,0 +1,342 @@
+"""The delivery engine of one worker process.
+
+Deliveries reach it in batches (from a fan-out job, or claimed from Postgres when due),
+each leased to this worker. Every endpoint has its own lane: a queue, a cap on requests
+in flight, and a circuit breaker. A slow or dead endpoint therefore fills only its own
+lane; the global slots stay free for the healthy ones. Outcomes go to the batched writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+import orjson
+from cryptography.exceptions import InvalidTag
+
+from dispatcher import http
+from dispatcher.writer import ResultWriter
+from shared import ids, signing
+from shared.models import DeliveryStatus
+from shared.repos import audit
+from shared.repos import deliveries as delivery_repo
+from shared.repos import endpoints as endpoint_repo
+from shared.repos.deliveries import AttemptResult, Deferral, Outbound
+from shared.secrets_box import Sealed, SecretBox, secret_bytes
+from shared.settings import Settings
+
+log = logging.getLogger("kaihooks.dispatcher")
+
+_MAX_CLAIM = 500
+_MAX_CIRCUIT_OPEN_S = 600.0
+
+
+@dataclass(slots=True)
+class Job:
+    delivery: Outbound
+    body: bytes
+    msg_id: str
+
+
+@dataclass(slots=True)
+class Lane:
+    """One endpoint, as this worker sees it."""
+
+    endpoint_id: uuid.UUID
+    business_id: uuid.UUID
+    url: str
+    enabled: bool
+    secrets: list[tuple[bytes, datetime | None]] = field(default_factory=list)
+    queue: collections.deque[Job] = field(default_factory=collections.deque)
+    in_flight: int = 0
+    cap: int = 1
+    failures: int = 0  # consecutive
+    open_until: float = 0.0  # monotonic; the breaker is open before it
+    open_s: float = 0.0
+
+
+class Engine:
+    def __init__(self, settings: Settings, db: asyncpg.Pool, session: aiohttp.ClientSession, owner: str) -> None:
+        self.settings = settings
+        self.db = db
+        self.session = session
+        self.owner = owner
+        self.writer = ResultWriter(db, owner)
+        self.box = SecretBox(settings.secret_key_bytes, settings.old_secret_keys_bytes)
+        self.lanes: dict[uuid.UUID, Lane] = {}
+        self.held: set[uuid.UUID] = set()
+        self.in_flight = 0
+        self.max_held = max(2000, settings.max_in_flight * 2)
+        self._waiting_lanes: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._secret_cache: dict[bytes, bytes] = {}
+        self.stopping = False
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(c) for c in (self.writer.run(), self._poll_loop(), self._heartbeat_loop())]
+
+    async def stop(self, grace_s: float = 8.0) -> None:
+        """Stop taking work, let sends in flight finish (up to ``grace_s``), hand back the rest."""
+        self.stopping = True
+        deadline = time.monotonic() + grace_s
+        now = datetime.now(UTC)
+        for lane in self.lanes.values():
+            while lane.queue:
+                self._defer(lane.queue.popleft(), now)
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=max(0.1, deadline - time.monotonic()))
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.writer.drain(max(1.0, deadline - time.monotonic()))
+        try:
+            await delivery_repo.release(self.db, self.owner)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.warning("could not release leases on stop; they expire by themselves", exc_info=True)
+
+    def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll."""
+        self._wake.set()
+
+    # ---- intake --------------------------------------------------------------------------------
+
+    async def fan_out(self, event_ids: list[uuid.UUID]) -> int:
+        async with self.db.acquire() as conn, conn.transaction():
+            created = await delivery_repo.fan_out(conn, event_ids, self.owner, self.settings.lease_s)
+        if created:
+            await self.take(created)
+        return len(created)
+
+    async def take(self, delivery_ids: list[uuid.UUID]) -> None:
+        """Load deliveries leased to this worker and queue them in their lanes."""
+        outbound = await delivery_repo.load_outbound(self.db, delivery_ids, self.owner)
+        endpoint_ids = list({o.endpoint_id for o in outbound})
+        secrets = await endpoint_repo.live_secrets(self.db, endpoint_ids)
+        bodies: dict[uuid.UUID, tuple[bytes, str]] = {}
+        now = datetime.now(UTC)
+        for o in outbound:
+            try:
+                lane = self._lane(o, secrets.get(o.endpoint_id, []))
+            except (LookupError, InvalidTag):
+                # A secret sealed under a master key this process does not have: nothing can be
+                # signed. Say so loudly and try again later rather than send unsigned.
+                log.error("cannot open the endpoint's signing secret; check KAIHOOKS_OLD_SECRET_KEYS",
+                          extra={"endpoint_id": ids.encode("ep", o.endpoint_id)})
+                self.writer.add_deferral(Deferral(o.id, now + timedelta(seconds=60)))
+                continue
+            if o.event_id not in bodies:
+                bodies[o.event_id] = self._body(o)
+            body, msg_id = bodies[o.event_id]
+            self.held.add(o.id)
+            lane.queue.append(Job(o, body, msg_id))
+        for endpoint_id in endpoint_ids:
+            if endpoint_id in self.lanes:
+                self._pump(self.lanes[endpoint_id])
+
+    def _lane(self, o: Outbound, sealed: list[endpoint_repo.LiveSecret]) -> Lane:
+        lane = self.lanes.get(o.endpoint_id)
+        if lane is None:
+            lane = self.lanes[o.endpoint_id] = Lane(o.endpoint_id, o.business_id, o.url, o.enabled,
+                                                    cap=self.settings.endpoint_max_in_flight)
+        lane.url, lane.enabled = o.url, o.enabled
+        if sealed:
+            lane.secrets = [(self._open(s.sealed), s.expires_at) for s in sealed]
+        return lane
+
+    def _open(self, sealed: Sealed) -> bytes:
+        cache_key = sealed.nonce
+        key = self._secret_cache.get(cache_key)
+        if key is None:
+            key = self._secret_cache[cache_key] = secret_bytes(self.box.open(sealed))
+        return key
+
+    @staticmethod
+    def _body(o: Outbound) -> tuple[bytes, str]:
+        msg_id = ids.encode("evt", o.event_id)
+        body = orjson.dumps(
+            {"id": msg_id, "type": o.event_type, "timestamp": o.occurred_at,
+             "business_id": ids.encode("biz", o.business_id), "data": orjson.Fragment(o.data_json)},
+            option=orjson.OPT_UTC_Z,
+        )
+        return body, msg_id
+
+    # ---- sending -------------------------------------------------------------------------------
+
+    def _pump(self, lane: Lane) -> None:
+        now = time.monotonic()
+        if lane.queue and not lane.enabled:
+            self._fail_disabled(lane)
+            return
+        if lane.open_until > now and lane.queue:
+            # Breaker open: hand the queue back, due when it may close; no attempt is spent.
+            at = datetime.now(UTC) + timedelta(seconds=lane.open_until - now)
+            while lane.queue:
+                self._defer(lane.queue.popleft(), at)
+            return
+        half_open = lane.failures >= self.settings.circuit_failures
+        cap = 1 if half_open else lane.cap
+        while lane.queue and lane.in_flight < cap:
+            if self.in_flight >= self.settings.max_in_flight:
+                self._waiting_lanes[lane.endpoint_id] = None
+                return
+            job = lane.queue.popleft()
+            lane.in_flight += 1
+            self.in_flight += 1
+            task = asyncio.create_task(self._send(lane, job))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    def _pump_waiting(self) -> None:
+        while self._waiting_lanes and self.in_flight < self.settings.max_in_flight:
+            endpoint_id, _ = self._waiting_lanes.popitem(last=False)
+            lane = self.lanes.get(endpoint_id)
+            if lane is not None:
+                self._pump(lane)
+
+    async def _send(self, lane: Lane, job: Job) -> None:
+        started_at = datetime.now(UTC)
+        timestamp = int(time.time())
+        now = datetime.now(UTC)
+        keys = [k for k, expires in lane.secrets if expires is None or expires > now]
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": job.msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signing.signature_header(keys, job.msg_id, timestamp, job.body),
+        }
+        url = lane.url
+        try:
+            outcome = await http.post(
+                self.session, url, job.body, headers, timeout_s=self.settings.delivery_timeout,
+                max_read=self.settings.max_response_bytes, retry_after_cap_s=self.settings.retry_after_cap_s,
+            )
+        finally:
+            lane.in_flight -= 1
+            self.in_flight -= 1
+        self._settle(lane, job, outcome, started_at, url)
+        self._pump(lane)
+        self._pump_waiting()
+
+    def _settle(self, lane: Lane, job: Job, outcome: http.Outcome, started_at: datetime, url: str) -> None:
+        o = job.delivery
+        number = o.attempt_count + 1
+        status: DeliveryStatus
+        next_at: datetime | None = None
+        if outcome.ok:
+            status = "succeeded"
+            lane.failures, lane.open_s = 0, 0.0
+            lane.cap = min(self.settings.endpoint_max_in_flight, lane.cap + 1)
+        else:
+            self._note_failure(lane, outcome)
+            delay = self._next_delay(o, number, outcome)
+            if outcome.status == 410 or delay is None:
+                status = "failed"
+            else:
+                status, next_at = "pending", started_at + timedelta(seconds=delay)
+        self.held.discard(o.id)
+        self.writer.add_result(AttemptResult(
+            delivery_id=o.id, endpoint_id=o.endpoint_id, number=number, started_at=started_at,
+            duration_ms=outcome.duration_ms, response_status=outcome.status, response_body=outcome.body_excerpt,
+            error=outcome.error, error_kind=outcome.error_kind, trigger=o.trigger, url=url, status=status,
+            next_attempt_at=next_at, succeeded=outcome.ok,
+        ))
+        if outcome.status == 410:
+            asyncio.create_task(self._disable(lane, "the endpoint answered 410 Gone"))  # noqa: RUF006
+        if not outcome.ok:
+            log.info("delivery attempt failed", extra={
+                "delivery_id": ids.encode("dlv", o.id), "event_id": job.msg_id,
+                "endpoint_id": ids.encode("ep", o.endpoint_id), "business_id": ids.encode("biz", o.business_id),
+                "attempt": number, "error_kind": outcome.error_kind, "status": status})
+
+    def _note_failure(self, lane: Lane, outcome: http.Outcome) -> None:
+        lane.failures += 1
+        if outcome.error_kind == "timeout":
+            lane.cap = 1  # a slow endpoint gets one request at a time until it answers again
+        if lane.failures >= self.settings.circuit_failures:
+            lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
+            lane.open_until = time.monotonic() + lane.open_s
+
+    def _next_delay(self, o: Outbound, number: int, outcome: http.Outcome) -> float | None:
+        """Seconds until the next attempt, or None when the schedule is spent."""
+        schedule = self.settings.retry_schedule if o.schedule == "normal" else self.settings.replay_schedule
+        index = number - o.schedule_start - 1
+        if index >= len(schedule):
+            return None
+        delay = schedule[index] * random.uniform(0.8, 1.2)
+        if outcome.retry_after_s is not None:
+            delay = max(delay, outcome.retry_after_s)
+        return delay
+
+    def _defer(self, job: Job, at: datetime) -> None:
+        self.held.discard(job.delivery.id)
+        self.writer.add_deferral(Deferral(job.delivery.id, at))
+
+    def _fail_disabled(self, lane: Lane) -> None:
+        jobs = list(lane.queue)
+        lane.queue.clear()
+        for job in jobs:
+            self.held.discard(job.delivery.id)
+        asyncio.create_task(delivery_repo.fail_for_disabled_endpoint(  # noqa: RUF006
+            self.db, [j.delivery.id for j in jobs], self.owner))
+
+    async def _disable(self, lane: Lane, reason: str) -> None:
+        lane.enabled = False
+        endpoint = await endpoint_repo.disable(self.db, lane.endpoint_id, reason)
+        if endpoint is not None:
+            await audit.record(self.db, action="endpoint.disabled", business_id=endpoint.business_id,
+                               target_id=endpoint.public_id, details={"reason": reason})
+            log.warning("endpoint disabled", extra={"endpoint_id": endpoint.public_id,
+                                                   "business_id": ids.encode("biz", endpoint.business_id),
+                                                   "reason": reason})
+        self._fail_disabled(lane)
+
+    # ---- loops ---------------------------------------------------------------------------------
+
+    async def poll_once(self) -> int:
+        """Claim due deliveries that nobody holds, up to what this worker has room for."""
+        room = min(_MAX_CLAIM, self.max_held - len(self.held))
+        if self.stopping or room <= 0:
+            return 0
+        now = time.monotonic()
+        busy = [lane.endpoint_id for lane in self.lanes.values()
+                if lane.open_until > now or len(lane.queue) >= self.settings.endpoint_max_in_flight * 10]
+        claimed = await delivery_repo.claim_due(self.db, self.owner, room, self.settings.lease_s, busy)
+        if claimed:
+            await self.take(claimed)
+        return len(claimed)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                while await self.poll_once() >= _MAX_CLAIM:
+                    pass
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("could not claim due deliveries", exc_info=True)
+            except Exception:  # this loop must outlive any one bad batch
+                log.exception("unexpected error while claiming due deliveries")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            if self.held:
+                try:
+                    await delivery_repo.renew_leases(self.db, list(self.held), self.owner, self.settings.lease_s)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    log.warning("could not renew leases", exc_info=True)

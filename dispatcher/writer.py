@@ -1,0 +1,81 @@
+"""Batched writes of the hot path: attempt rows, delivery outcomes and deferrals, a few statements per
+flush (every few milliseconds, or sooner when many are waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from shared.repos import deliveries as delivery_repo
+from shared.repos.deliveries import AttemptResult, Deferral
+
+log = logging.getLogger("kaihooks.dispatcher.writer")
+
+
+class ResultWriter:
+    def __init__(self, db: asyncpg.Pool, owner: str, flush_interval_s: float = 0.01, max_batch: int = 1000) -> None:
+        self._db = db
+        self._owner = owner
+        self._interval = flush_interval_s
+        self._max_batch = max_batch
+        self._results: list[AttemptResult] = []
+        self._deferrals: list[Deferral] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._results) + len(self._deferrals)
+
+    def add_result(self, result: AttemptResult) -> None:
+        self._results.append(result)
+        self._queued()
+
+    def add_deferral(self, deferral: Deferral) -> None:
+        self._deferrals.append(deferral)
+        self._queued()
+
+    def _queued(self) -> None:
+        self._idle.clear()
+        if self.pending >= self._max_batch:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Write what is waiting; False (and kept for the next flush) if Postgres refused."""
+        if not self.pending:
+            self._idle.set()
+            return True
+        results, self._results = self._results, []
+        deferrals, self._deferrals = self._deferrals, []
+        try:
+            async with self._db.acquire() as conn, conn.transaction():
+                await delivery_repo.write_results(conn, self._owner, results, deferrals)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.warning("could not record delivery results; retrying", exc_info=True,
+                        extra={"results": len(results), "deferrals": len(deferrals)})
+            self._results[:0] = results
+            self._deferrals[:0] = deferrals
+            await asyncio.sleep(0.5)
+            return False
+        if not self.pending:
+            self._idle.set()
+        return True
+
+    async def drain(self, timeout_s: float) -> None:
+        """Flush until nothing is waiting (or the time is up)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.pending and asyncio.get_running_loop().time() < deadline:
+            await self.flush()

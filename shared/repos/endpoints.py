@@ -1,0 +1,162 @@
+"""Webhook endpoints and their sealed signing secrets."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared import ids
+from shared.models import Endpoint
+from shared.pagination import Page, Position, paginate
+from shared.repos import Executor
+from shared.secrets_box import Sealed
+
+_COLUMNS = "id, business_id, url, description, event_types, enabled, disabled_reason, created_at, updated_at"
+
+
+def _endpoint(row: asyncpg.Record) -> Endpoint:
+    types = row["event_types"]
+    return Endpoint(**{**row, "event_types": tuple(types) if types is not None else None})
+
+
+async def create(
+    db: Executor, *, business_id: uuid.UUID, url: str, description: str, event_types: Sequence[str] | None,
+    secret: Sealed,
+) -> Endpoint:
+    """Insert the endpoint and its first secret; run inside a transaction."""
+    row = await db.fetchrow(
+        f"""INSERT INTO endpoints (id, business_id, url, description, event_types)
+            VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}""",
+        ids.new_uuid(), business_id, url, description, list(event_types) if event_types is not None else None,
+    )
+    await add_secret(db, row["id"], secret)
+    return _endpoint(row)
+
+
+async def add_secret(db: Executor, endpoint_id: uuid.UUID, secret: Sealed) -> None:
+    await db.execute(
+        "INSERT INTO endpoint_secrets (endpoint_id, key_id, nonce, ciphertext) VALUES ($1, $2, $3, $4)",
+        endpoint_id, secret.key_id, secret.nonce, secret.ciphertext,
+    )
+
+
+async def list_page(db: Executor, business_id: uuid.UUID, limit: int, after: Position | None) -> Page[Endpoint]:
+    args: list[object] = [business_id, limit + 1]
+    keyset = ""
+    if after is not None:
+        args += [after.created_at, after.as_uuid()]
+        keyset = "AND (created_at, id) < ($3, $4)"
+    rows = await db.fetch(
+        f"""SELECT {_COLUMNS} FROM endpoints WHERE business_id = $1 {keyset}
+            ORDER BY created_at DESC, id DESC LIMIT $2""",
+        *args,
+    )
+    return paginate([_endpoint(r) for r in rows], limit, lambda e: Position(e.created_at, str(e.id)))
+
+
+async def get(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> Endpoint | None:
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM endpoints WHERE id = $1 AND business_id = $2",
+                            endpoint_id, business_id)
+    return _endpoint(row) if row else None
+
+
+async def get_any(db: Executor, endpoint_id: uuid.UUID) -> Endpoint | None:
+    """By id alone: for the CLI and the dispatcher, which act across businesses."""
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM endpoints WHERE id = $1", endpoint_id)
+    return _endpoint(row) if row else None
+
+
+_UPDATABLE = ("url", "description", "event_types", "enabled")
+
+
+async def update(
+    db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID, changes: dict[str, Any]
+) -> Endpoint | None:
+    """Apply the given fields. Enabling clears the disabled reason and the failure streak."""
+    sets = []
+    args: list[object] = [endpoint_id, business_id]
+    for name in _UPDATABLE:
+        if name in changes:
+            value = changes[name]
+            if name == "event_types" and value is not None:
+                value = list(value)
+            args.append(value)
+            sets.append(f"{name} = ${len(args)}")
+    if changes.get("enabled") is True:
+        sets += ["disabled_reason = NULL", "failing_since = NULL"]
+    elif changes.get("enabled") is False:
+        sets.append("disabled_reason = coalesce(disabled_reason, 'disabled by a user')")
+    sets.append("updated_at = now()")
+    row = await db.fetchrow(
+        f"UPDATE endpoints SET {', '.join(sets)} WHERE id = $1 AND business_id = $2 RETURNING {_COLUMNS}", *args
+    )
+    return _endpoint(row) if row else None
+
+
+async def delete(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> bool:
+    result: str = await db.execute("DELETE FROM endpoints WHERE id = $1 AND business_id = $2",
+                                   endpoint_id, business_id)
+    return result.endswith(" 1")
+
+
+async def disable(db: Executor, endpoint_id: uuid.UUID, reason: str) -> Endpoint | None:
+    """Disable an enabled endpoint (by the dispatcher); None if it was not enabled."""
+    row = await db.fetchrow(
+        f"""UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
+            WHERE id = $1 AND enabled RETURNING {_COLUMNS}""",
+        endpoint_id, reason,
+    )
+    return _endpoint(row) if row else None
+
+
+async def failing_since_before(db: Executor, cutoff: datetime) -> list[Endpoint]:
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM endpoints WHERE enabled AND failing_since IS NOT NULL AND failing_since < $1",
+        cutoff,
+    )
+    return [_endpoint(r) for r in rows]
+
+
+async def current_secret(db: Executor, endpoint_id: uuid.UUID) -> Sealed | None:
+    row = await db.fetchrow(
+        "SELECT key_id, nonce, ciphertext FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NULL",
+        endpoint_id,
+    )
+    return Sealed(row["key_id"], row["nonce"], row["ciphertext"]) if row else None
+
+
+async def rotate_secret(db: Executor, endpoint_id: uuid.UUID, new: Sealed, grace_s: int) -> None:
+    """The current secret keeps signing for ``grace_s`` more seconds; ``new`` becomes current.
+    Run inside a transaction."""
+    await db.execute(
+        """UPDATE endpoint_secrets SET expires_at = now() + make_interval(secs => $2)
+           WHERE endpoint_id = $1 AND expires_at IS NULL""",
+        endpoint_id, grace_s,
+    )
+    await add_secret(db, endpoint_id, new)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSecret:
+    sealed: Sealed
+    expires_at: datetime | None
+
+
+async def live_secrets(db: Executor, endpoint_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[LiveSecret]]:
+    """Every secret that signs now, per endpoint: the current one first, then unexpired old ones."""
+    rows = await db.fetch(
+        """SELECT endpoint_id, key_id, nonce, ciphertext, expires_at FROM endpoint_secrets
+           WHERE endpoint_id = ANY($1::uuid[]) AND (expires_at IS NULL OR expires_at > now())
+           ORDER BY endpoint_id, expires_at DESC NULLS FIRST, id DESC""",
+        list(endpoint_ids),
+    )
+    out: dict[uuid.UUID, list[LiveSecret]] = {}
+    for r in rows:
+        out.setdefault(r["endpoint_id"], []).append(
+            LiveSecret(Sealed(r["key_id"], r["nonce"], r["ciphertext"]), r["expires_at"]))
+    return out

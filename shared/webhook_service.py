@@ -1,0 +1,165 @@
+"""Managing webhook endpoints and on-demand sends: the rules behind the webhook routes and the CLI."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from arq.connections import ArqRedis
+
+from shared import ids, queue
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.models import Endpoint
+from shared.repos import audit
+from shared.repos import deliveries as delivery_repo
+from shared.repos import endpoints as endpoint_repo
+from shared.secrets_box import SecretBox, new_signing_secret
+from shared.settings import Settings
+from shared.url_policy import UrlRefused, check_url
+
+MAX_GRACE_S = 7 * 86400
+DEFAULT_GRACE_S = 86400
+TEST_DATA = {"message": "A test event from KaiCalls. If you can read this, your endpoint receives webhooks."}
+
+
+def _checked_url(settings: Settings, url: str) -> str:
+    try:
+        return check_url(url, settings.allow_private_targets)
+    except UrlRefused as exc:
+        raise ValidationFailed.at(["body", "url"], str(exc)) from None
+
+
+def box(settings: Settings) -> SecretBox:
+    return SecretBox(settings.secret_key_bytes, settings.old_secret_keys_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedEndpoint:
+    endpoint: Endpoint
+    secret: str
+
+
+async def create_endpoint(
+    db: asyncpg.Pool, settings: Settings, *, business_id: uuid.UUID, url: str, description: str,
+    event_types: Sequence[str] | None, actor: dict[str, Any],
+) -> CreatedEndpoint:
+    url = _checked_url(settings, url)
+    secret = new_signing_secret()
+    async with db.acquire() as conn, conn.transaction():
+        endpoint = await endpoint_repo.create(conn, business_id=business_id, url=url, description=description,
+                                              event_types=event_types, secret=box(settings).seal(secret))
+        await audit.record(conn, action="endpoint.created", business_id=business_id, target_id=endpoint.public_id,
+                           details={"url": url}, **actor)
+    return CreatedEndpoint(endpoint, secret)
+
+
+async def update_endpoint(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID,
+                          changes: dict[str, Any], actor: dict[str, Any]) -> Endpoint:
+    if "url" in changes:
+        changes["url"] = _checked_url(settings, changes["url"])
+    async with db.acquire() as conn, conn.transaction():
+        endpoint = await endpoint_repo.update(conn, business_id, endpoint_id, changes)
+        if endpoint is None:
+            raise NotFound("No such endpoint.")
+        await audit.record(conn, action="endpoint.updated", business_id=business_id, target_id=endpoint.public_id,
+                           details={k: v for k, v in changes.items() if k != "event_types"}, **actor)
+    return endpoint
+
+
+async def delete_endpoint(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id: uuid.UUID,
+                          actor: dict[str, Any]) -> None:
+    async with db.acquire() as conn, conn.transaction():
+        if not await endpoint_repo.delete(conn, business_id, endpoint_id):
+            raise NotFound("No such endpoint.")
+        await audit.record(conn, action="endpoint.deleted", business_id=business_id,
+                           target_id=ids.encode("ep", endpoint_id), **actor)
+
+
+async def get_endpoint(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> Endpoint:
+    endpoint = await endpoint_repo.get(db, business_id, endpoint_id)
+    if endpoint is None:
+        raise NotFound("No such endpoint.")
+    return endpoint
+
+
+async def reveal_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID,
+                        endpoint_id: uuid.UUID) -> str:
+    await get_endpoint(db, business_id, endpoint_id)
+    sealed = await endpoint_repo.current_secret(db, endpoint_id)
+    if sealed is None:
+        raise NotFound("No such endpoint.")
+    return box(settings).open(sealed)
+
+
+async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID,
+                        grace_s: int, actor: dict[str, Any]) -> str:
+    secret = new_signing_secret()
+    async with db.acquire() as conn, conn.transaction():
+        endpoint = await endpoint_repo.get(conn, business_id, endpoint_id)
+        if endpoint is None:
+            raise NotFound("No such endpoint.")
+        await conn.execute("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE", endpoint_id)
+        await endpoint_repo.rotate_secret(conn, endpoint_id, box(settings).seal(secret), grace_s)
+        await audit.record(conn, action="endpoint.secret_rotated", business_id=business_id,
+                           target_id=endpoint.public_id, details={"grace_seconds": grace_s}, **actor)
+    return secret
+
+
+async def send_test(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:
+    endpoint = await get_endpoint(db, business_id, endpoint_id)
+    if not endpoint.enabled:
+        raise Conflict("The endpoint is disabled; enable it before sending a test event.")
+    async with db.acquire() as conn, conn.transaction():
+        delivery_id = await delivery_repo.create_test(conn, business_id, endpoint_id, ids.new_uuid(),
+                                                      orjson.dumps(TEST_DATA).decode())
+    await queue.wake_workers(redis)
+    return ids.encode("dlv", delivery_id)
+
+
+async def retry_delivery(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
+    delivery = await delivery_repo.get(db, business_id, delivery_id)
+    if delivery is None:
+        raise NotFound("No such delivery.")
+    endpoint = await endpoint_repo.get(db, business_id, delivery["endpoint_id"])
+    if endpoint is None or not endpoint.enabled:
+        raise Conflict("The endpoint is disabled; enable it before retrying.")
+    await delivery_repo.send_now(db, [delivery_id], "retry")
+    await queue.wake_workers(redis)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverResult:
+    count: int
+    failed: int
+    missed: int
+    by_event_type: dict[str, int]
+    by_last_status: dict[str, int]
+
+
+async def recover(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UUID, endpoint_id: uuid.UUID, *,
+                  since: datetime, until: datetime | None, include_missed: bool, dry_run: bool,
+                  actor: dict[str, Any]) -> RecoverResult:
+    endpoint = await get_endpoint(db, business_id, endpoint_id)
+    until = until or datetime.now(UTC)
+    if since >= until:
+        raise ValidationFailed.at(["body", "since"], "since must be before until")
+    if not dry_run and not endpoint.enabled:
+        raise Conflict("The endpoint is disabled; enable it before recovering.")
+    plan = await delivery_repo.plan_recover(db, endpoint_id, since, until, include_missed)
+    result = RecoverResult(len(plan.failed) + len(plan.missed), len(plan.failed), len(plan.missed),
+                           plan.by_event_type, plan.by_last_status)
+    if dry_run:
+        return result
+    async with db.acquire() as conn, conn.transaction():
+        await delivery_repo.send_now(conn, plan.failed, "recover")
+        await delivery_repo.create_missed(conn, endpoint_id, plan.missed)
+        await audit.record(conn, action="endpoint.recovered", business_id=business_id, target_id=endpoint.public_id,
+                           details={"since": since.isoformat(), "until": until.isoformat(), "count": result.count,
+                                    "include_missed": include_missed}, **actor)
+    await queue.wake_workers(redis)
+    return result
