@@ -8,18 +8,14 @@ from aiohttp import web
 
 from api.app import create_app
 from shared.logs import configure_logging
+from shared.runtime import tune_process
 from shared.settings import load_settings
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.dev)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - Windows
-        pass
+    tune_process()
     logging.getLogger("kaihooks.api").info("listening", extra={"port": settings.port})
     web.run_app(create_app(settings), host=settings.listen_host, port=settings.port, access_log=None,
                 shutdown_timeout=10, print=None)

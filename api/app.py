@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api import openapi
-from api.context import DB, KEYS, OPENAPI, REDIS, SETTINGS
+from api.context import DB, KEYS, OPENAPI, PAGES, REDIS, SETTINGS
 from api.keyauth import KeyVerifier
+from api.pagecache import PageCache
 from api.problems import problem_middleware
 from api.routes import account, api_keys, events_internal, internal, reads, system, webhooks
 from api.routing import install
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes_internal,
     )
     app[SETTINGS] = settings
+    app[PAGES] = PageCache()
     app.cleanup_ctx.extend([_postgres, _redis, _key_verifier])
     operations = install(app, ROUTE_GROUPS)
     app[OPENAPI] = openapi.build(operations)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from api.context import DB, KEYS, SETTINGS
+from api.keyauth import Verified
 from shared import ids
 from shared.errors import Forbidden, InsufficientScope, NotFound, Unauthorized
 from shared.models import WRITE_ROLES, ApiKey, Role, Session
@@ -32,6 +33,7 @@ class Access:
     key: ApiKey | None = None
     session: Session | None = None
     role: Role | None = None
+    data_version: str | None = None
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -48,12 +50,12 @@ def session_token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def api_key(request: web.Request, token: str) -> ApiKey:
+async def api_key(request: web.Request, token: str) -> Verified:
     """Verify a key-authenticated request. A browser Origin is refused before the key is looked at."""
     if "Origin" in request.headers:
         raise Forbidden(_KEY_IN_BROWSER)
-    key: ApiKey = await request.app[KEYS].verify(token)
-    return key
+    verified: Verified = await request.app[KEYS].verify(token)
+    return verified
 
 
 async def session(request: web.Request) -> Session:
@@ -88,12 +90,13 @@ async def business_access(
     if token is not None:
         if session_only:
             raise Unauthorized()
-        key = await api_key(request, token)
+        verified = await api_key(request, token)
+        key = verified.key
         if business_id is None or key.business_id != business_id:
             raise Unauthorized()
         if scope is not None and scope not in key.scopes:
             raise InsufficientScope(f"This key lacks the {scope} scope.")
-        return Access(business_id, key=key)
+        return Access(business_id, key=key, data_version=verified.data_version)
     user_session = await session(request)
     if business_id is None:
         raise NotFound("No such business.")

@@ -9,6 +9,7 @@ from aiohttp import web
 from arq.connections import ArqRedis
 
 from api.keyauth import KeyVerifier
+from api.pagecache import PageCache
 from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -16,3 +17,4 @@ DB = web.AppKey("db", asyncpg.Pool)
 REDIS = web.AppKey("redis", ArqRedis)
 KEYS: web.AppKey[KeyVerifier] = web.AppKey("key_verifier")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+PAGES: web.AppKey[PageCache] = web.AppKey("pages")

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +33,9 @@ from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.api.keys")
 
-# KEYS: epoch, revoked marker, rate bucket, touch marker
+# KEYS: epoch, revoked marker, rate bucket, touch marker, the key's business's data version
 # ARGV: epoch candidate, emission interval (µs), burst, touch interval (s)
-# Returns {epoch, revoked, allowed, retry_after_us, touch}
+# Returns {epoch, revoked, allowed, retry_after_us, touch, data_version}
 _CHECK_SCRIPT = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -42,7 +43,7 @@ if not epoch then
   redis.call('SET', KEYS[1], epoch)
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {epoch, 1, 0, 0, 0}
+  return {epoch, 1, 0, 0, 0, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -53,12 +54,13 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if now < allow_at then
-  return {epoch, 0, 0, allow_at - now, 0}
+  return {epoch, 0, 0, allow_at - now, 0, 0}
 end
 redis.call('SET', KEYS[3], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 local touched = redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[4])
-if touched then return {epoch, 0, 1, 0, 1} end
-return {epoch, 0, 1, 0, 0}
+local version = redis.call('GET', KEYS[5]) or '0'
+if touched then return {epoch, 0, 1, 0, 1, version} end
+return {epoch, 0, 1, 0, 0, version}
 """
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -102,6 +104,14 @@ class _Coalescer:
                 future.set_result(result)
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    key: ApiKey
+    # The business's data version as Redis knows it (None when Redis could not be asked): read
+    # routes may serve a cached page rendered at this same version.
+    data_version: str | None
+
+
 class KeyVerifier:
     """Owned by one API process; ``verify`` is the whole per-request cost of key auth."""
 
@@ -116,7 +126,8 @@ class KeyVerifier:
         self._local_touch: dict[uuid.UUID, float] = {}
         self._interval_us = int(1_000_000 / settings.rate_limit_per_s)
 
-    async def verify(self, token: str) -> ApiKey:
+    async def verify(self, token: str) -> Verified:
+        """The key, or Unauthorized / RateLimited."""
         if not apikeys.is_well_formed(token):
             raise Unauthorized()
         key_hash = apikeys.keyed_hash(self._settings.secret_key_bytes, token)
@@ -124,12 +135,13 @@ class KeyVerifier:
         if key is None or (key.expires_at is not None and key.expires_at <= datetime.now(UTC)):
             raise Unauthorized()
         try:
-            epoch, revoked, allowed, retry_after_us, touch = await self._checks.check(
+            epoch, revoked, allowed, retry_after_us, touch, version = await self._checks.check(
                 [
                     redis_keys.KEY_EPOCH,
                     redis_keys.KEY_REVOKED.format(key_id=key.id),
                     redis_keys.KEY_RATE.format(key_id=key.id),
                     redis_keys.KEY_TOUCHED.format(key_id=key.id),
+                    redis_keys.DATA_VERSION.format(business_id=key.business_id),
                 ],
                 [os.urandom(8).hex(), self._interval_us, self._settings.rate_limit_burst,
                  self._settings.key_touch_interval_s],
@@ -142,7 +154,7 @@ class KeyVerifier:
             if from_cache:
                 return await self.verify(token)
             self._touch_locally(key.id)
-            return key
+            return Verified(key, None)
         if epoch != self._epoch:
             known, self._epoch = self._epoch, epoch
             if known is not None:  # Redis lost its data: revocation markers may be gone too
@@ -156,7 +168,7 @@ class KeyVerifier:
             raise RateLimited(retry_after_us / 1_000_000)
         if touch:
             self._used[key.id] = datetime.now(UTC)
-        return key
+        return Verified(key, f"{epoch.decode()}:{version.decode() if isinstance(version, bytes) else version}")
 
     async def _lookup(self, key_hash: bytes) -> tuple[ApiKey | None, bool]:
         now = time.monotonic()

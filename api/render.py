@@ -15,6 +15,11 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
                         content_type="application/json", headers=headers)
 
 
+def raw_json(body: bytes, status: int = 200) -> web.Response:
+    """A body already rendered (by ``json`` earlier)."""
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
 def page(items: list[Any], next_cursor: str | None) -> web.Response:
     return json({"data": items, "next_cursor": next_cursor})
 

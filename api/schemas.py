@@ -193,12 +193,10 @@ class EventList(BaseModel):
 
 
 class Projected(BaseModel):
-    """The entity's data as last published (unnamed fields included), with when it was first and last seen."""
+    """The entity's data exactly as last published, fields the contract does not name included."""
 
     model_config = ConfigDict(extra="allow")
     id: str
-    created_at: datetime
-    updated_at: datetime
 
 
 class ProjectedList(BaseModel):

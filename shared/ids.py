@@ -7,16 +7,18 @@ new rows land at the end of the index); the API shows ``<prefix>_<26 base32 char
 from __future__ import annotations
 
 import os
+import random
 import time
 import uuid
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+_VALID = frozenset(_ALPHABET)
 
 PREFIXES = frozenset({"biz", "key", "ep", "evt", "dlv", "usr", "att", "aud"})
 
 
 _last = 0
+_random = random.Random(os.urandom(32))  # ids need uniqueness, not secrecy: no syscall per id
 
 
 def new_uuid() -> uuid.UUID:
@@ -24,7 +26,7 @@ def new_uuid() -> uuid.UUID:
     published in the same millisecond in the order they were accepted)."""
     global _last
     # 48 bits of milliseconds then 74 random bits, as one counter that never goes back.
-    counter = (time.time_ns() // 1_000_000) << 74 | int.from_bytes(os.urandom(10), "big") >> 6
+    counter = (time.time_ns() // 1_000_000) << 74 | _random.getrandbits(74)
     if counter <= _last:
         counter = _last + 1
     _last = counter
@@ -32,26 +34,29 @@ def new_uuid() -> uuid.UUID:
     return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0x2 << 62 | rand_b)
 
 
+# Two base32 digits per lookup: 13 steps for 128 bits.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+# Crockford digits -> the digits int(text, 32) reads (0-9, a-v).
+_TO_INT_DIGITS = str.maketrans(_ALPHABET, "0123456789abcdefghijklmnopqrstuv")
+
+
 def encode(prefix: str, value: uuid.UUID) -> str:
     n = value.int
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[n & 31])
-        n >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    pairs = []
+    for _ in range(13):
+        pairs.append(_PAIRS[n & 1023])
+        n >>= 10
+    return f"{prefix}_{''.join(reversed(pairs))}"
 
 
 def decode(prefix: str, text: str) -> uuid.UUID | None:
     """The uuid behind ``text``, or None when it is not an id of that type."""
     head, sep, body = text.partition("_")
-    if sep != "_" or head != prefix or len(body) != 26:
+    if sep != "_" or head != prefix or len(body) != 26 or not body.isascii() or not body.isalnum():
         return None
-    n = 0
-    for ch in body:
-        digit = _DECODE.get(ch)
-        if digit is None:
-            return None
-        n = n << 5 | digit
+    if not _VALID.issuperset(body):
+        return None
+    n = int(body.translate(_TO_INT_DIGITS), 32)
     if n >> 128:
         return None
     return uuid.UUID(int=n)

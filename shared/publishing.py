@@ -3,6 +3,7 @@ projections), then ask the dispatcher to fan them out. 202 means committed."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,15 +12,19 @@ from typing import Any
 
 import asyncpg
 import orjson
+import redis.exceptions as redis_errors
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 
-from shared import ids, queue
+from shared import ids, queue, redis_keys
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.events import DATA_MODELS, MAX_DATA_BYTES, CallData, EventIn, Kind, is_deletion, projection_of
+from shared.repos import businesses as business_repo
 from shared.repos import events as event_repo
-from shared.repos import projections
-from shared.repos.projections import Change
+from shared.repos import ingest
+from shared.repos.ingest import Change
+
+log = logging.getLogger("kaihooks.publishing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +83,27 @@ def _change(p: _Prepared) -> Change:
 
 
 def _changes(prepared: Sequence[_Prepared]) -> dict[Kind, list[Change]]:
-    """The newest change per entity in the batch, grouped by projection table."""
-    newest: dict[tuple[Kind, uuid.UUID, str], Change] = {}
+    grouped: dict[Kind, list[Change]] = {"agents": [], "calls": [], "leads": []}
     for p in prepared:
         kind = projection_of(p.event.type)
-        if kind is None:
-            continue
-        change = _change(p)
-        key = (kind, change.business_id, change.id)
-        known = newest.get(key)
-        if known is None or (known.version_at, known.version_event.int) < (change.version_at,
-                                                                           change.version_event.int):
-            newest[key] = change
-    grouped: dict[Kind, list[Change]] = {}
-    for (kind, _, _), change in newest.items():
-        grouped.setdefault(kind, []).append(change)
+        if kind is not None:
+            grouped[kind].append(_change(p))
     return grouped
+
+
+async def bump_data_versions(redis: ArqRedis, business_ids: set[uuid.UUID]) -> None:
+    """Tell the API processes these businesses' data changed (their cached read pages are stale).
+    If Redis is unreachable, no page is served from cache anyway (the key check needs Redis)."""
+    if not business_ids:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for business_id in business_ids:
+                pipe.incr(redis_keys.DATA_VERSION.format(business_id=business_id))
+            await pipe.execute()
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+        log.warning("could not bump data versions; cached pages expire within a minute",
+                    extra={"businesses": len(business_ids)})
 
 
 async def publish(
@@ -112,25 +122,24 @@ async def publish(
             first_of[(e.business_id, e.idempotency_key)] = e.id
         unique.append(p)
 
-    async with db.acquire() as conn, conn.transaction():
-        business_ids = list({p.event.business_id for p in unique})
-        known = {r["id"] for r in await conn.fetch("SELECT id FROM businesses WHERE id = ANY($1::uuid[])",
-                                                    business_ids)}
-        missing = [{"loc": [*loc, "business_id"], "msg": "unknown business"}
-                   for p, loc in zip(prepared, locs, strict=True) if p.event.business_id not in known]
-        if missing:
-            raise ValidationFailed(missing)
-        inserted = await event_repo.insert_new(conn, [p.event for p in unique])
-        earlier: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
-        if len(inserted) < len(unique):
-            conflicted = [(p.event.business_id, p.event.idempotency_key) for p in unique
-                          if p.event.id not in inserted and p.event.idempotency_key is not None]
-            earlier = await event_repo.ids_by_idempotency_key(conn, conflicted)
-        for kind, changes in _changes([p for p in unique if p.event.id in inserted]).items():
-            await projections.upsert(conn, kind, changes)
+    changes = _changes(unique)
+    try:
+        inserted = await ingest.accept(db, [p.event for p in unique], changes["agents"], changes["calls"],
+                                       changes["leads"])
+    except asyncpg.ForeignKeyViolationError:
+        known = set(await business_repo.existing(db, list({p.event.business_id for p in prepared})))
+        raise ValidationFailed([{"loc": [*loc, "business_id"], "msg": "unknown business"}
+                                for p, loc in zip(prepared, locs, strict=True)
+                                if p.event.business_id not in known]) from None
+    earlier: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    if len(inserted) < len(unique):
+        conflicted = [(p.event.business_id, p.event.idempotency_key) for p in unique
+                      if p.event.id not in inserted and p.event.idempotency_key is not None]
+        earlier = await event_repo.ids_by_idempotency_key(db, conflicted)
 
     fresh = [p.event.id for p in unique if p.event.id in inserted]
     await queue.enqueue_fan_out(redis, fresh)
+    await bump_data_versions(redis, {p.event.business_id for p in unique if p.event.id in inserted})
 
     answers: list[Accepted] = []
     for p in prepared:

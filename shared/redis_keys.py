@@ -17,3 +17,6 @@ KEY_TOUCHED = PREFIX + "key-touched:{key_id}"
 # Failed sign-ins counted per email (hashed) and per client IP; expire with the window.
 LOGIN_FAILURES_EMAIL = PREFIX + "login-failures:email:{digest}"
 LOGIN_FAILURES_IP = PREFIX + "login-failures:ip:{ip}"
+# A counter bumped after every accepted batch of a business's events: a read page cached at one
+# version is served until the counter moves. Lives until Redis loses it (the epoch then changes too).
+DATA_VERSION = PREFIX + "data-version:{business_id}"

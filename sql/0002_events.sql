@@ -20,10 +20,11 @@ CREATE INDEX events_not_fanned_out ON events (created_at) WHERE fanned_out_at IS
 
 -- One row per agent/call/lead: the newest published state, by (version_at, version_event).
 -- version_at is the event's occurred_at; equal times are ordered by event id (publish order).
+-- body is the entity's data exactly as the read routes serve it (JSON text, never re-rendered).
 CREATE TABLE agents (
     business_id    uuid NOT NULL REFERENCES businesses (id) ON DELETE CASCADE,
     id             text NOT NULL,
-    data           jsonb NOT NULL,
+    body           text NOT NULL,
     deleted        boolean NOT NULL DEFAULT false,
     version_at     timestamptz NOT NULL,
     version_event  uuid NOT NULL,
@@ -36,7 +37,7 @@ CREATE INDEX agents_list ON agents (business_id, created_at DESC, id DESC) WHERE
 CREATE TABLE calls (
     business_id    uuid NOT NULL REFERENCES businesses (id) ON DELETE CASCADE,
     id             text NOT NULL,
-    data           jsonb NOT NULL,
+    body           text NOT NULL,
     status         text NOT NULL,
     agent_id       text,
     started_at     timestamptz NOT NULL,
@@ -53,7 +54,7 @@ CREATE INDEX calls_by_status ON calls (business_id, status, created_at DESC, id 
 CREATE TABLE leads (
     business_id    uuid NOT NULL REFERENCES businesses (id) ON DELETE CASCADE,
     id             text NOT NULL,
-    data           jsonb NOT NULL,
+    body           text NOT NULL,
     version_at     timestamptz NOT NULL,
     version_event  uuid NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),

@@ -51,7 +51,7 @@ async def me(request: web.Request) -> web.StreamResponse:
     token = auth.bearer_token(request)
     db = request.app[DB]
     if token is not None:
-        key = await auth.api_key(request, token)
+        key = (await auth.api_key(request, token)).key
         return render.json({
             "type": "api_key",
             "business": {"id": ids.encode("biz", key.business_id), "name": key.business_name},

@@ -6,43 +6,54 @@ import orjson
 from aiohttp import web
 
 from api import auth, render
-from api.context import DB
+from api.context import DB, PAGES
 from api.parsing import parse_query
 from api.routing import Routes
 from api.schemas import CallsQuery, EventList, EventOut, EventsQuery, ListQuery, Projected, ProjectedList
 from shared import ids
 from shared.errors import NotFound
 from shared.events import Kind
-from shared.pagination import Page, decode_cursor, parse_limit
+from shared.pagination import decode_cursor, parse_limit
 from shared.repos import events as event_repo
 from shared.repos import projections
 from shared.repos.events import EventRow
-from shared.repos.projections import CallFilter, Item
+from shared.repos.projections import CallFilter
 
 routes = Routes("reads")
 BASE = "/v1/businesses/{business_id}"
 _NAMES = {"agents": "agent", "calls": "call", "leads": "lead"}
 
 
-def _items(page: Page[Item]) -> web.Response:
-    return render.page([orjson.Fragment(i.json) for i in page.items], page.next_cursor)
+def _cached(request: web.Request, access: auth.Access) -> web.Response | None:
+    body = request.app[PAGES].get(access.business_id, request.path_qs, access.data_version)
+    return None if body is None else render.raw_json(body)
+
+
+def _cache(request: web.Request, access: auth.Access, response: web.Response) -> web.Response:
+    assert isinstance(response.body, bytes)
+    request.app[PAGES].put(access.business_id, request.path_qs, access.data_version, response.body)
+    return response
 
 
 async def _list(request: web.Request, kind: Kind, calls: CallFilter | None, query: ListQuery) -> web.Response:
     access = await auth.business_access(request, scope=f"{kind}:read")
+    if (hit := _cached(request, access)) is not None:
+        return hit
     after = decode_cursor(query.cursor) if query.cursor else None
     page = await projections.list_page(request.app[DB], kind, access.business_id, parse_limit(query.limit),
                                        after, calls)
-    return _items(page)
+    return _cache(request, access, render.page([orjson.Fragment(i.json) for i in page.items], page.next_cursor))
 
 
 async def _one(request: web.Request, kind: Kind) -> web.Response:
     access = await auth.business_access(request, scope=f"{kind}:read")
+    if (hit := _cached(request, access)) is not None:
+        return hit
     item_id = request.match_info["item_id"]
     item = await projections.get(request.app[DB], kind, access.business_id, item_id) if len(item_id) <= 200 else None
     if item is None:
         raise NotFound(f"No such {_NAMES[kind]}.")
-    return render.json(orjson.Fragment(item.json))
+    return _cache(request, access, render.json(orjson.Fragment(item.json)))
 
 
 @routes.get(BASE + "/agents", summary="Agents, newest first", auth="key_or_session", scope="agents:read",
@@ -93,9 +104,11 @@ def _event(e: EventRow) -> dict[str, object]:
 async def list_events(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, scope="events:read")
     q = parse_query(request, EventsQuery)
+    if (hit := _cached(request, access)) is not None:
+        return hit
     after = decode_cursor(q.cursor) if q.cursor else None
     page = await event_repo.list_page(request.app[DB], access.business_id, parse_limit(q.limit), after, q.type)
-    return render.page([_event(e) for e in page.items], page.next_cursor)
+    return _cache(request, access, render.page([_event(e) for e in page.items], page.next_cursor))
 
 
 @routes.get(BASE + "/events/{event_id}", summary="One event", auth="key_or_session", scope="events:read",
@@ -103,7 +116,9 @@ async def list_events(request: web.Request) -> web.StreamResponse:
 async def get_event(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, scope="events:read")
     event_id = ids.decode("evt", request.match_info["event_id"])
+    if (hit := _cached(request, access)) is not None:
+        return hit
     event = await event_repo.get(request.app[DB], access.business_id, event_id) if event_id else None
     if event is None:
         raise NotFound("No such event.")
-    return render.json(_event(event))
+    return _cache(request, access, render.json(_event(event)))

@@ -20,3 +20,8 @@ async def create(db: Executor, name: str) -> Business:
 async def get(db: Executor, business_id: uuid.UUID) -> Business | None:
     row = await db.fetchrow("SELECT id, name, created_at FROM businesses WHERE id = $1", business_id)
     return Business(**row) if row else None
+
+
+async def existing(db: Executor, business_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Which of these businesses exist."""
+    return [r["id"] for r in await db.fetch("SELECT id FROM businesses WHERE id = ANY($1::uuid[])", business_ids)]
