@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, field_validator
 
 from shared import ids
 from shared.apikeys import SCOPES
@@ -228,7 +228,7 @@ class EndpointPatch(Body):
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     description: str | None = Field(default=None, max_length=500)
     event_types: list[EventType] | None = Field(default=None, min_length=1)
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
     def changes(self) -> dict[str, Any]:
         """The fields the request named (``event_types: null`` means every type; other nulls are refused)."""
@@ -323,8 +323,8 @@ class DeliveriesQuery(ListQuery):
 class RecoverIn(Body):
     since: Timestamp
     until: Timestamp | None = None
-    include_missed: bool = False
-    dry_run: bool = False
+    include_missed: StrictBool = False
+    dry_run: StrictBool = False
 
 
 class RecoverOut(BaseModel):

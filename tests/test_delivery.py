@@ -329,3 +329,34 @@ async def test_delivery_of_another_endpoint_id_format_is_404(world: World) -> No
     assert (await world.api.get(f"{world.tenant.path}/deliveries/dlv_nope", key=world.key)).status == 404
     assert (await world.api.get(f"{world.tenant.path}/deliveries/{ids.encode('dlv', ids.new_uuid())}",
                                 key=world.key)).status == 404
+
+
+@pytest.mark.parametrize("settings_overrides", [{**FAST, "disable_after_failing_s": 3600}])
+async def test_an_endpoint_failing_for_the_configured_time_is_disabled_and_audited(
+    tenant: Tenant, api: Api, settings: Settings, db: asyncpg.Connection
+) -> None:
+    key = (await tenant.create_key(scopes=["webhooks:read", "webhooks:write"]))["key"]
+    async with running_receiver() as receiver:
+        failing = (await api.post(f"{tenant.path}/webhook-endpoints", key=key,
+                                  json={"url": receiver.url("/status/500")})).body
+        recent = (await api.post(f"{tenant.path}/webhook-endpoints", key=key,
+                                 json={"url": receiver.url("/status/500")})).body
+        # One has failed every attempt for over an hour, the other only for a minute.
+        await db.execute("UPDATE endpoints SET failing_since = now() - interval '61 minutes' WHERE id = $1",
+                         ids.decode("ep", failing["id"]))
+        await db.execute("UPDATE endpoints SET failing_since = now() - interval '1 minute' WHERE id = $1",
+                         ids.decode("ep", recent["id"]))
+        async with running_worker(settings):  # the check runs at start-up, then every 10 minutes
+            deadline = time.monotonic() + 10
+            while (r := await api.get(f"{tenant.path}/webhook-endpoints/{failing['id']}", key=key)).body["enabled"]:
+                assert time.monotonic() < deadline, "not disabled"
+                await _sleep(0.05)
+    assert r.body["disabled_reason"] == "every attempt failed for 3600 s"
+    assert (await api.get(f"{tenant.path}/webhook-endpoints/{recent['id']}", key=key)).body["enabled"] is True
+    audit = await db.fetch("SELECT action, details FROM audit_log WHERE target_id = $1", failing["id"])
+    assert [a["action"] for a in audit] == ["endpoint.created", "endpoint.disabled"]
+    # Enabling it again clears the reason and the failure streak.
+    r = await api.patch(f"{tenant.path}/webhook-endpoints/{failing['id']}", key=key, json={"enabled": True})
+    assert r.body["enabled"] is True and r.body["disabled_reason"] is None
+    assert await db.fetchval("SELECT failing_since FROM endpoints WHERE id = $1", ids.decode("ep", failing["id"])) \
+        is None
