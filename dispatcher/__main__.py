@@ -7,18 +7,14 @@ import signal
 
 from dispatcher.worker import serve
 from shared.logs import configure_logging
+from shared.runtime import tune_process
 from shared.settings import Settings, load_settings
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.dev)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - Windows
-        pass
+    tune_process()
     asyncio.run(_run(settings))
 
 

@@ -81,6 +81,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._secret_cache: dict[bytes, bytes] = {}
         self.stopping = False
+        self._last_complaint = -1e9
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -322,15 +323,23 @@ class Engine:
             try:
                 while await self.poll_once() >= _MAX_CLAIM:
                     pass
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.warning("could not claim due deliveries", exc_info=True)
-            except Exception:  # this loop must outlive any one bad batch
-                log.exception("unexpected error while claiming due deliveries")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._complain("could not claim due deliveries (Postgres unavailable?)", exc)
+            except Exception as exc:  # this loop must outlive any one bad batch
+                self._complain("unexpected error while claiming due deliveries", exc, error=True)
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_s)
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    def _complain(self, message: str, exc: BaseException, error: bool = False) -> None:
+        """Log a failing loop's error once, then at most every 30 s while it keeps failing."""
+        now = time.monotonic()
+        if now - self._last_complaint < 30:
+            return
+        self._last_complaint = now
+        log.log(logging.ERROR if error else logging.WARNING, message, exc_info=exc)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -338,5 +347,5 @@ class Engine:
             if self.held:
                 try:
                     await delivery_repo.renew_leases(self.db, list(self.held), self.owner, self.settings.lease_s)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    log.warning("could not renew leases", exc_info=True)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    self._complain("could not renew leases", exc)

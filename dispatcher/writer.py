@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 
@@ -25,6 +26,7 @@ class ResultWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_complaint = -1e9
 
     @property
     def pending(self) -> int:
@@ -64,8 +66,11 @@ class ResultWriter:
             async with self._db.acquire() as conn, conn.transaction():
                 await delivery_repo.write_results(conn, self._owner, results, deferrals)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.warning("could not record delivery results; retrying", exc_info=True,
-                        extra={"results": len(results), "deferrals": len(deferrals)})
+            now = time.monotonic()
+            if now - self._last_complaint > 30:  # once, then every 30 s while it lasts
+                self._last_complaint = now
+                log.warning("could not record delivery results; retrying", exc_info=True,
+                            extra={"results": len(results), "deferrals": len(deferrals)})
             self._results[:0] = results
             self._deferrals[:0] = deferrals
             await asyncio.sleep(0.5)
