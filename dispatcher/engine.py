@@ -160,6 +160,8 @@ class Engine:
         cache_key = sealed.nonce
         key = self._secret_cache.get(cache_key)
         if key is None:
+            if len(self._secret_cache) > 50_000:
+                self._secret_cache.clear()
             key = self._secret_cache[cache_key] = secret_bytes(self.box.open(sealed))
         return key
 
@@ -341,9 +343,18 @@ class Engine:
         self._last_complaint = now
         log.log(logging.ERROR if error else logging.WARNING, message, exc_info=exc)
 
+    def _forget_idle_lanes(self) -> None:
+        """Drop lanes with nothing to do and nothing to remember (memory stays bounded by activity)."""
+        now = time.monotonic()
+        idle = [eid for eid, lane in self.lanes.items()
+                if not lane.queue and not lane.in_flight and not lane.failures and lane.open_until < now]
+        for endpoint_id in idle:
+            del self.lanes[endpoint_id]
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
+            self._forget_idle_lanes()
             if self.held:
                 try:
                     await delivery_repo.renew_leases(self.db, list(self.held), self.owner, self.settings.lease_s)

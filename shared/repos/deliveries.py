@@ -150,14 +150,20 @@ async def write_results(conn: asyncpg.Connection, owner: str, results: Sequence[
             [r.response_body for r in results], [r.error for r in results], [r.error_kind for r in results],
             [r.trigger for r in results], [r.url for r in results],
         )
+        # The attempt always counts. Its verdict settles the delivery only if this worker still holds
+        # it: a retry or recover (or another worker, after a lapsed lease) may have taken it meanwhile.
         await conn.execute(
-            """UPDATE deliveries d SET status = u.status, attempt_count = greatest(d.attempt_count, u.number),
-                      next_attempt_at = u.next_attempt_at, next_trigger = 'scheduled',
+            """UPDATE deliveries d SET attempt_count = greatest(d.attempt_count, u.number),
+                      status = CASE WHEN d.lease_owner = $6 THEN u.status ELSE d.status END,
+                      next_attempt_at = CASE WHEN d.lease_owner = $6 THEN u.next_attempt_at ELSE d.next_attempt_at END,
+                      next_trigger = CASE WHEN d.lease_owner = $6 THEN 'scheduled' ELSE d.next_trigger END,
                       last_response_status = u.response_status, last_error = u.error,
-                      lease_until = NULL, lease_owner = NULL, updated_at = now()
+                      lease_until = CASE WHEN d.lease_owner = $6 THEN NULL ELSE d.lease_until END,
+                      lease_owner = CASE WHEN d.lease_owner = $6 THEN NULL ELSE d.lease_owner END,
+                      updated_at = now()
                FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int[], $5::text[], $7::int[])
                     AS u(id, status, next_attempt_at, response_status, error, number)
-               WHERE d.id = u.id AND d.lease_owner = $6""",
+               WHERE d.id = u.id""",
             [r.delivery_id for r in results], [r.status for r in results], [r.next_attempt_at for r in results],
             [r.response_status for r in results], [r.error for r in results], owner, [r.number for r in results],
         )
