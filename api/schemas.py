@@ -325,14 +325,44 @@ class RecoverIn(Body):
     until: Timestamp | None = None
     include_missed: StrictBool = False
     dry_run: StrictBool = False
+    rate: float = Field(default=10.0, gt=0, le=1000, description="at most this many deliveries a second")
 
 
 class RecoverOut(BaseModel):
     count: int
+    job_id: str | None = Field(default=None, description="the run, to watch or cancel (not for a dry run)")
     failed: int | None = None
     missed: int | None = None
     by_event_type: dict[str, int] | None = None
     by_last_status: dict[str, int] | None = None
+
+
+class RecoverJobOut(BaseModel):
+    id: str
+    endpoint_id: str
+    status: Literal["running", "cancelled", "done"]
+    since: datetime
+    until: datetime
+    include_missed: bool
+    rate: float
+    total: int
+    attempted: int
+    succeeded: int
+    failed: int
+    waiting: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def recover_job_out(status: Any) -> dict[str, Any]:
+    job, progress = status.job, status.progress
+    return {
+        "id": ids.encode("rcv", job.id), "endpoint_id": ids.encode("ep", job.endpoint_id), "status": job.status,
+        "since": job.since, "until": job.until, "include_missed": job.include_missed, "rate": job.rate_per_s,
+        "total": job.total, "attempted": progress.attempted, "succeeded": progress.succeeded,
+        "failed": progress.failed, "waiting": progress.waiting, "created_at": job.created_at,
+        "finished_at": job.finished_at,
+    }
 
 
 def delivery_out(row: Any) -> dict[str, Any]:

@@ -36,6 +36,8 @@ from shared.settings import Settings
 log = logging.getLogger("kaihooks.dispatcher")
 
 _MAX_CLAIM = 500
+UNFANNED_GRACE_S = 5.0  # a fan-out job normally runs within milliseconds; after this, sweep
+SWEEP_EVERY_S = 5.0
 _MAX_CIRCUIT_OPEN_S = 600.0
 
 
@@ -320,9 +322,24 @@ class Engine:
             await self.take(claimed)
         return len(claimed)
 
+    async def sweep_unfanned(self) -> int:
+        """Fan out events whose fan-out job never ran (Redis was down or lost it, a worker died)."""
+        event_ids = await delivery_repo.unfanned_events(self.db, UNFANNED_GRACE_S, 1000)
+        if not event_ids:
+            return 0
+        created = await self.fan_out(event_ids)
+        log.warning("swept events that missed their fan-out", extra={"events": len(event_ids), "deliveries": created})
+        return len(event_ids)
+
     async def _poll_loop(self) -> None:
+        """Claim due deliveries (every ``worker_poll_s``, or when woken) and sweep missed fan-outs.
+        Needs only Postgres, so deliveries go on while Redis is away."""
+        next_sweep = 0.0
         while True:
             try:
+                if not self.stopping and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_EVERY_S
+                    await self.sweep_unfanned()
                 while await self.poll_once() >= _MAX_CLAIM:
                     pass
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

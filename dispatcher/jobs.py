@@ -10,14 +10,11 @@ from typing import Any
 from dispatcher.engine import Engine
 from shared import ids
 from shared.repos import audit
-from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import sessions as session_repo
 from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.dispatcher")
-
-UNFANNED_GRACE_S = 5.0  # the fan-out job normally runs within milliseconds; give it this long
 
 
 async def fan_out(ctx: dict[str, Any], event_ids: list[str]) -> int:
@@ -30,17 +27,6 @@ async def wake(ctx: dict[str, Any]) -> None:
     """Look for due deliveries now (enqueued after a retry, a test or a recover)."""
     engine: Engine = ctx["engine"]
     await engine.poll_once()
-
-
-async def sweep_unfanned(ctx: dict[str, Any]) -> int:
-    """Cron: fan out events whose fan-out job never ran (Redis was down or lost it, a worker died)."""
-    engine: Engine = ctx["engine"]
-    event_ids = await delivery_repo.unfanned_events(engine.db, UNFANNED_GRACE_S, 1000)
-    if not event_ids:
-        return 0
-    created = await engine.fan_out(event_ids)
-    log.warning("swept events that missed their fan-out", extra={"events": len(event_ids), "deliveries": created})
-    return len(event_ids)
 
 
 async def disable_failing_endpoints(ctx: dict[str, Any]) -> int:

@@ -1,4 +1,5 @@
-"""The arq worker: its settings, and the resources every job shares (built in ``startup``)."""
+"""The dispatcher process: the delivery engine (Postgres only) and the arq worker that feeds it
+fan-out jobs, wake-ups and housekeeping crons (Redis). Losing Redis pauses only the arq side."""
 
 from __future__ import annotations
 
@@ -21,18 +22,19 @@ from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.dispatcher")
 
+JOB_GRACE_S = 5.0  # how long running arq jobs (fan-outs: milliseconds) may take to finish at stop
+RECONNECT_MAX_S = 10.0
 
-async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx["settings"]
+
+async def startup(settings: Settings) -> dict[str, Any]:
+    """The resources every job shares: Postgres pool, HTTP session, the engine (started)."""
     db = await create_pool(settings, min_size=2, max_size=max(4, settings.db_pool_max_size))
     session = http.new_session(settings.delivery_timeout, settings.allow_private_targets, settings.max_in_flight)
     owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     engine = Engine(settings, db, session, owner)
     engine.start()
-    ctx.update(db=db, session=session, engine=engine)
     log.info("worker started", extra={"owner": owner})
-    if ctx.get("ready") is not None:
-        ctx["ready"].set()
+    return {"settings": settings, "db": db, "session": session, "engine": engine}
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -47,18 +49,14 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``arq.Worker``: functions, crons and the shared resources."""
-    every_5s = set(range(0, 60, 5))
+    """Keyword arguments for ``arq.Worker`` (the shared resources are passed as ``ctx``)."""
     return {
         "functions": [jobs.fan_out, jobs.wake],
         "cron_jobs": [
-            cron(jobs.sweep_unfanned, second=every_5s, run_at_startup=True, unique=False),
             cron(jobs.disable_failing_endpoints, minute=set(range(0, 60, 10)), second=0, run_at_startup=True),
             cron(jobs.prune_sessions, minute=set(range(0, 60, 10)), second=30),
         ],
-        "on_startup": startup,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "ctx": {"settings": settings},
         "job_timeout": max(60, int(settings.delivery_timeout * 6)),
         "keep_result": 0,
         "max_jobs": 50,
@@ -69,36 +67,48 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-JOB_GRACE_S = 5.0
-
-
-async def serve(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """Run the worker until ``stop`` is set, then shut down in order: take no more arq jobs, let the
-    running ones finish, let the engine finish or hand back its deliveries, close connections.
-    ``ready`` is set once the engine runs."""
-    options = worker_options(settings)
-    options["ctx"] = {**options["ctx"], "ready": ready}
-    worker = Worker(**options)
+async def _run_arq(worker: Worker, stop: asyncio.Event) -> bool:
+    """Run arq until it fails (True: Redis trouble, try again) or ``stop`` is set (False)."""
     running = asyncio.create_task(worker.async_run())
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
-    try:
-        if running in done:
-            running.result()  # the worker ended by itself: raise what ended it
+    failed = running in done and running.exception() is not None
+    if failed:
+        log.warning("the job queue stopped (Redis unreachable?); deliveries go on from Postgres; reconnecting",
+                    exc_info=running.exception())
+    else:
         if worker.main_task is not None:
             worker.main_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-        jobs = [t for t in worker.tasks.values() if not t.done()]
-        if jobs:
-            _, late = await asyncio.wait(jobs, timeout=JOB_GRACE_S)
+        jobs_left = [t for t in worker.tasks.values() if not t.done()]
+        if jobs_left:
+            _, late = await asyncio.wait(jobs_left, timeout=JOB_GRACE_S)
             for task in late:
                 task.cancel()
+    with contextlib.suppress(Exception):
+        await worker.pool.aclose(close_connection_pool=True)
+    return failed and not stop.is_set()
+
+
+async def serve(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set, then shut down in order: no more arq jobs, running ones finish,
+    the engine finishes or hands back its deliveries, connections close. ``ready`` is set once
+    the engine runs. If Redis goes away, arq is restarted with backoff; deliveries never stop."""
+    ctx = await startup(settings)
+    if ready is not None:
+        ready.set()
+    try:
+        backoff = 0.5
+        while not stop.is_set():
+            if not await _run_arq(Worker(**worker_options(settings), ctx=ctx), stop):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(RECONNECT_MAX_S, backoff * 2)
     finally:
-        await shutdown(worker.ctx)
-        with contextlib.suppress(Exception):
-            await worker.pool.aclose(close_connection_pool=True)
+        await shutdown(ctx)
 
 
 assert FAN_OUT == jobs.fan_out.__name__ and WAKE == jobs.wake.__name__

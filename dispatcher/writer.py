@@ -65,6 +65,12 @@ class ResultWriter:
         try:
             async with self._db.acquire() as conn, conn.transaction():
                 await delivery_repo.write_results(conn, self._owner, results, deferrals)
+        except asyncio.CancelledError:
+            # Cancelled mid-write (the worker is stopping): the transaction rolled back, so keep the
+            # batch for the final drain rather than lose attempts and send their deliveries twice.
+            self._results[:0] = results
+            self._deferrals[:0] = deferrals
+            raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             now = time.monotonic()
             if now - self._last_complaint > 30:  # once, then every 30 s while it lasts

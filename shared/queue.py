@@ -21,7 +21,9 @@ log = logging.getLogger("kaihooks.queue")
 
 FAN_OUT = "fan_out"
 WAKE = "wake"
-WAKE_JOB_ID = "wake"  # one at a time: a wake-up already queued covers later ones
+# One queued at a time per queue: a wake-up already waiting covers later ones. (arq job ids are
+# global across queues, hence the queue's name in it.)
+WAKE_JOB_ID = "wake:{queue}"
 
 
 def connect_queue(settings: Settings) -> ArqRedis:
@@ -53,6 +55,6 @@ async def enqueue_fan_out(queue: ArqRedis, event_ids: Sequence[uuid.UUID]) -> bo
 async def wake_workers(queue: ArqRedis) -> None:
     """Ask a worker to look for due deliveries now; harmless if Redis is down (workers poll anyway)."""
     try:
-        await queue.enqueue_job(WAKE, _job_id=WAKE_JOB_ID)
+        await queue.enqueue_job(WAKE, _job_id=WAKE_JOB_ID.format(queue=queue.default_queue_name))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         log.warning("could not wake the workers; they will find the work at their next poll")

@@ -14,7 +14,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Non-global blocks that Python's is_global does not (or not everywhere) cover, plus
 # the metadata addresses named explicitly so the reason is clear.
-_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+_METADATA = {
+    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, ...
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (older); Python counts it as global
+}
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed privately; not flagged by ipaddress
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
@@ -57,6 +62,8 @@ def address_problem(ip: IPAddress) -> str | None:
         return "an unspecified address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"):
         return "a carrier-grade NAT address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _SITE_LOCAL:
+        return "a site-local address"
     if ip.is_private or ip.is_reserved or not ip.is_global:
         return "a private or reserved address"
     return None
@@ -96,7 +103,7 @@ def check_url(url: str, allow_private: bool) -> str:
         raise UrlRefused("the URL must not contain a #fragment")
     if port == 0:
         raise UrlRefused("port 0 is not a valid port")
-    host = parts.hostname
+    host = parts.hostname.rstrip(".")  # "localhost." is localhost
     if not allow_private:
         ip = parse_ip_literal(host)
         if ip is not None:
@@ -104,5 +111,5 @@ def check_url(url: str, allow_private: bool) -> str:
             if why:
                 raise UrlRefused(f"{host} is {why}; webhooks go to public addresses only")
         elif host == "localhost" or host.endswith((".localhost", ".local", ".internal")) or "." not in host:
-            raise UrlRefused(f"{host} is not a public host name")
+            raise UrlRefused(f"{parts.hostname} is not a public host name")
     return urllib.parse.urlunsplit(parts)

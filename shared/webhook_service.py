@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -130,36 +129,3 @@ async def retry_delivery(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UU
         raise Conflict("The endpoint is disabled; enable it before retrying.")
     await delivery_repo.send_now(db, [delivery_id], "retry")
     await queue.wake_workers(redis)
-
-
-@dataclass(frozen=True, slots=True)
-class RecoverResult:
-    count: int
-    failed: int
-    missed: int
-    by_event_type: dict[str, int]
-    by_last_status: dict[str, int]
-
-
-async def recover(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UUID, endpoint_id: uuid.UUID, *,
-                  since: datetime, until: datetime | None, include_missed: bool, dry_run: bool,
-                  actor: dict[str, Any]) -> RecoverResult:
-    endpoint = await get_endpoint(db, business_id, endpoint_id)
-    until = until or datetime.now(UTC)
-    if since >= until:
-        raise ValidationFailed.at(["body", "since"], "since must be before until")
-    if not dry_run and not endpoint.enabled:
-        raise Conflict("The endpoint is disabled; enable it before recovering.")
-    plan = await delivery_repo.plan_recover(db, endpoint_id, since, until, include_missed)
-    result = RecoverResult(len(plan.failed) + len(plan.missed), len(plan.failed), len(plan.missed),
-                           plan.by_event_type, plan.by_last_status)
-    if dry_run:
-        return result
-    async with db.acquire() as conn, conn.transaction():
-        await delivery_repo.send_now(conn, plan.failed, "recover")
-        await delivery_repo.create_missed(conn, endpoint_id, plan.missed)
-        await audit.record(conn, action="endpoint.recovered", business_id=business_id, target_id=endpoint.public_id,
-                           details={"since": since.isoformat(), "until": until.isoformat(), "count": result.count,
-                                    "include_missed": include_missed}, **actor)
-    await queue.wake_workers(redis)
-    return result

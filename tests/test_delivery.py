@@ -317,12 +317,57 @@ async def test_recover_dry_run_counts_and_sends_nothing(world: World, db: asyncp
     assert r.body["by_last_status"] == {"500": 2}
     await _sleep(0.5)
     assert len(world.receiver.received) == before
+
+
+async def test_recover_is_paced_tracked_and_resends_only_what_still_failed(world: World,
+                                                                          db: asyncpg.Connection) -> None:
+    ep = await world.endpoint("/status/500")
+    for i in range(6):
+        await world.publish(data=call(f"r{i}"))
+    done = await world.settled(ep["id"], 6)
+    # One of them succeeds meanwhile by a retry to a fixed URL: recover must leave it alone.
+    base = f"{world.tenant.path}/webhook-endpoints/{ep['id']}"
     assert (await world.api.patch(base, key=world.key, json={"url": world.receiver.url("/ok")})).status == 200
-    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": "2020-01-01T00:00:00Z"})
-    assert r.status == 202 and r.body == {"count": 2}
-    await world.receiver.wait_for(2, "/ok")
-    delivered = await world.settled(ep["id"], 2)
-    assert {d["status"] for d in delivered} == {"succeeded"}
+    assert (await world.api.post(f"{world.tenant.path}/deliveries/{done[0]['id']}/retry", key=world.key)).status == 202
+    await world.delivery_settled(done[0]["id"])
+    await world.receiver.wait_for(1, "/ok")
+    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": "2020-01-01T00:00:00Z", "rate": 4})
+    assert r.status == 202 and r.body["count"] == 5
+    job = r.body["job_id"]
+    got = await world.receiver.wait_for(6, "/ok", timeout_s=15)
+    arrivals = sorted(g.at for g in got[1:])
+    # 5 sends at 4 a second: at least 1 s from first to last (0.25 s apart), not all at once.
+    assert arrivals[-1] - arrivals[0] >= 0.9, arrivals
+    assert len({g.headers["webhook-id"] for g in got}) == 6  # the succeeded one was not sent again
+    deadline = time.monotonic() + 10
+    while (s := (await world.api.get(f"{world.tenant.path}/recover-jobs/{job}", key=world.key)).body)["status"] \
+            != "done":
+        assert time.monotonic() < deadline, s
+        await _sleep(0.05)
+    assert (s["total"], s["attempted"], s["succeeded"], s["waiting"]) == (5, 5, 5, 0)
+    audit = await db.fetch("SELECT action, details FROM audit_log WHERE target_id = $1 AND action LIKE "
+                           "'endpoint.recover%'", ep["id"])
+    assert audit[0]["action"] == "endpoint.recover_started" and json.loads(audit[0]["details"])["count"] == 5
+
+
+async def test_recover_can_be_cancelled(world: World) -> None:
+    ep = await world.endpoint("/status/500")
+    r = await publish(world.api, {"events": [event(world.tenant.business_id, data=call(f"x{i}")) for i in range(8)]})
+    assert r.status == 202
+    await world.settled(ep["id"], 8)
+    base = f"{world.tenant.path}/webhook-endpoints/{ep['id']}"
+    assert (await world.api.patch(base, key=world.key, json={"url": world.receiver.url("/ok")})).status == 200
+    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": "2020-01-01T00:00:00Z", "rate": 2})
+    job = r.body["job_id"]
+    await world.receiver.wait_for(1, "/ok")
+    c = await world.api.post(f"{world.tenant.path}/recover-jobs/{job}/cancel", key=world.key)
+    assert c.status == 200 and c.body["status"] == "cancelled"
+    sent_at_cancel = len(world.receiver.at("/ok"))
+    await _sleep(1.5)  # at 2 a second, three more would have gone out by now
+    assert len(world.receiver.at("/ok")) <= sent_at_cancel + 1  # at most the one already in flight
+    assert sent_at_cancel < 8
+    left = [d for d in await world.deliveries(ep["id"]) if d["status"] == "failed"]
+    assert len(left) >= 8 - sent_at_cancel - 1
 
 
 async def test_delivery_of_another_endpoint_id_format_is_404(world: World) -> None:

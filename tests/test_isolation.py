@@ -29,9 +29,12 @@ async def _seed(api: Api, tenant: Tenant, suffix: str) -> dict[str, str]:
     assert ep.status == 201, ep.body
     test = await api.post(f"{tenant.path}/webhook-endpoints/{ep.body['id']}/test", key=key["key"])
     assert test.status == 202, test.body
+    job = await api.post(f"{tenant.path}/webhook-endpoints/{ep.body['id']}/recover", key=key["key"],
+                         json={"since": "2020-01-01T00:00:00Z"})
+    assert job.status == 202, job.body
     return {"agents": f"agt_{suffix}", "calls": f"call_{suffix}", "leads": f"lead_{suffix}",
             "events": r.body["events"][0]["id"], "api-keys": key["id"], "webhook-endpoints": ep.body["id"],
-            "deliveries": test.body["delivery_id"], "_key": key["key"]}
+            "deliveries": test.body["delivery_id"], "recover-jobs": job.body["job_id"], "_key": key["key"]}
 
 
 def _fill(path: str, business_id: str, samples: dict[str, str]) -> str:
@@ -82,6 +85,6 @@ async def test_every_business_route_isolates_tenants(server: TestServer, databas
                 failures.append(f"non-member: {method.upper()} {template} -> {r.status}")
         assert failures == []
         # And the owner's own ids do work, so the 404s above are about ownership, not bad paths.
-        for collection in ("agents", "calls", "leads", "events", "webhook-endpoints", "deliveries"):
+        for collection in ("agents", "calls", "leads", "events", "webhook-endpoints", "deliveries", "recover-jobs"):
             path = f"{a.path}/{collection}/{a_ids[collection]}"
             assert (await a.owner.get(path)).status == 200, path

@@ -21,6 +21,7 @@ from api.schemas import (
     EndpointPatch,
     ListQuery,
     RecoverIn,
+    RecoverJobOut,
     RecoverOut,
     RotateIn,
     SecretOut,
@@ -28,8 +29,9 @@ from api.schemas import (
     attempt_out,
     delivery_out,
     endpoint_out,
+    recover_job_out,
 )
-from shared import ids
+from shared import ids, recovery
 from shared import webhook_service as service
 from shared.errors import NotFound, ValidationFailed
 from shared.pagination import decode_cursor, parse_limit
@@ -147,7 +149,7 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
     return render.page([delivery_out(r) for r in page.items], page.next_cursor)
 
 
-@routes.post(ONE + "/recover", summary="Re-send failed deliveries created in a window (dry_run: only count)",
+@routes.post(ONE + "/recover", summary="Re-send failed deliveries created in a window, paced (dry_run: only count)",
              auth="key_or_session", scope=WRITE, body=RecoverIn, response=RecoverOut, status=202, also=(200,),
              errors=(409,))
 async def recover(request: web.Request) -> web.StreamResponse:
@@ -155,14 +157,48 @@ async def recover(request: web.Request) -> web.StreamResponse:
     endpoint_id = _endpoint_id(request)
     await service.get_endpoint(request.app[DB], access.business_id, endpoint_id)  # 404 before 422
     body = await parse_body(request, RecoverIn)
-    result = await service.recover(
-        request.app[DB], request.app[REDIS], access.business_id, endpoint_id, since=body.since, until=body.until,
-        include_missed=body.include_missed, dry_run=body.dry_run, actor=auth.actor(request, access),
-    )
     if body.dry_run:
-        return render.json({"count": result.count, "failed": result.failed, "missed": result.missed,
-                            "by_event_type": result.by_event_type, "by_last_status": result.by_last_status})
-    return render.json({"count": result.count}, status=202)
+        plan = await recovery.plan(request.app[DB], endpoint_id, since=body.since, until=body.until,
+                                   include_missed=body.include_missed, business_id=access.business_id)
+        return render.json({"count": plan.count, "failed": plan.failed, "missed": plan.missed,
+                            "by_event_type": plan.by_event_type, "by_last_status": plan.by_last_status})
+    actor = auth.actor(request, access)
+    job = await recovery.start(
+        request.app[DB], request.app[REDIS], endpoint_id, since=body.since, until=body.until,
+        include_missed=body.include_missed, rate_per_s=body.rate, actor=_actor_label(access), audit_actor=actor,
+        business_id=access.business_id,
+    )
+    return render.json({"count": job.total, "job_id": ids.encode("rcv", job.id)}, status=202)
+
+
+def _actor_label(access: auth.Access) -> str:
+    if access.session is not None:
+        return access.session.user.public_id
+    assert access.key is not None
+    return access.key.public_id
+
+
+def _job_id(request: web.Request) -> uuid.UUID:
+    value = ids.decode("rcv", request.match_info["job_id"])
+    if value is None:
+        raise NotFound("No such recover job.")
+    return value
+
+
+@routes.get("/v1/businesses/{business_id}/recover-jobs/{job_id}", summary="How a recover run stands",
+            auth="key_or_session", scope=READ, response=RecoverJobOut)
+async def get_recover_job(request: web.Request) -> web.StreamResponse:
+    access = await auth.business_access(request, scope=READ)
+    return render.json(recover_job_out(await recovery.status(request.app[DB], _job_id(request), access.business_id)))
+
+
+@routes.post("/v1/businesses/{business_id}/recover-jobs/{job_id}/cancel",
+             summary="Stop a recover run (what it has not sent goes back to failed)", auth="key_or_session",
+             scope=WRITE, response=RecoverJobOut)
+async def cancel_recover_job(request: web.Request) -> web.StreamResponse:
+    access = await _write_access(request)
+    status = await recovery.cancel(request.app[DB], _job_id(request), auth.actor(request, access), access.business_id)
+    return render.json(recover_job_out(status))
 
 
 def _delivery_id(request: web.Request) -> uuid.UUID:

@@ -310,13 +310,63 @@ async def plan_recover(db: Executor, endpoint_id: uuid.UUID, since: datetime, un
     return RecoverPlan([r["id"] for r in failed], [r["id"] for r in missed], by_type, by_status)
 
 
-async def create_missed(db: Executor, endpoint_id: uuid.UUID, event_ids: Sequence[uuid.UUID]) -> int:
+async def start_recover(db: Executor, job_id: uuid.UUID, endpoint_id: uuid.UUID, failed: Sequence[uuid.UUID],
+                        missed_events: Sequence[uuid.UUID], rate_per_s: float) -> int:
+    """Make the job's deliveries due one after another, ``rate_per_s`` apart: failed ones that are still
+    failed (a delivery that has since succeeded is left alone), then new ones for missed events.
+    Workers then send each when due, so the pace needs no process of its own. Returns how many."""
+    spacing = 1.0 / rate_per_s
     result: str = await db.execute(
+        """WITH ordered AS (
+               SELECT id, ordinality - 1 AS n FROM unnest($1::uuid[]) WITH ORDINALITY AS f(id, ordinality))
+           UPDATE deliveries d SET status = 'pending',
+                  next_attempt_at = now() + make_interval(secs => o.n * $2::float8),
+                  next_trigger = 'recover', schedule = 'replay', schedule_start = d.attempt_count,
+                  lease_until = NULL, lease_owner = NULL, recover_job_id = $3, updated_at = now()
+           FROM ordered o WHERE d.id = o.id AND d.status = 'failed'""",
+        list(failed), spacing, job_id,
+    )
+    updated = int(result.split()[-1])
+    result = await db.execute(
         """INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at, next_trigger,
-                                   schedule)
-           SELECT e.id, $1, e.business_id, e.type, now(), 'recover', 'replay' FROM events e
-           WHERE e.id = ANY($2::uuid[])
+                                   schedule, recover_job_id)
+           SELECT e.id, $1, e.business_id, e.type,
+                  now() + make_interval(secs => ($4::int + m.ordinality - 1) * $3::float8),
+                  'recover', 'replay', $5
+           FROM unnest($2::uuid[]) WITH ORDINALITY AS m(id, ordinality) JOIN events e ON e.id = m.id
            ON CONFLICT (event_id, endpoint_id) DO NOTHING""",
-        endpoint_id, list(event_ids),
+        endpoint_id, list(missed_events), spacing, len(failed), job_id,
+    )
+    return updated + int(result.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverProgress:
+    attempted: int
+    succeeded: int
+    failed: int
+    waiting: int
+
+
+async def recover_progress(db: Executor, job_id: uuid.UUID) -> RecoverProgress:
+    row = await db.fetchrow(
+        """SELECT count(*) FILTER (WHERE attempt_count > schedule_start) AS attempted,
+                  count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                  count(*) FILTER (WHERE status = 'failed') AS failed,
+                  count(*) FILTER (WHERE status = 'pending' AND attempt_count = schedule_start) AS waiting
+           FROM deliveries WHERE recover_job_id = $1""",
+        job_id,
+    )
+    return RecoverProgress(row["attempted"], row["succeeded"], row["failed"], row["waiting"])
+
+
+async def cancel_recover(db: Executor, job_id: uuid.UUID) -> int:
+    """Deliveries of the job not yet attempted go back to failed; returns how many."""
+    result: str = await db.execute(
+        """UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, next_trigger = 'scheduled',
+                  updated_at = now()
+           WHERE recover_job_id = $1 AND status = 'pending' AND attempt_count = schedule_start
+             AND (lease_until IS NULL OR lease_until < now())""",
+        job_id,
     )
     return int(result.split()[-1])
