@@ -19,6 +19,9 @@ from shared.db import connect
 from shared.migrations import migrate
 from shared.settings import Settings
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant, make_tenant, with_database
+from tests.receiver import running_receiver
+from tests.worker import running_worker
+from tests.world import World
 
 
 def _server_url() -> str:
@@ -124,3 +127,11 @@ async def tenant(server: TestServer, database_url: str) -> AsyncIterator[Tenant]
     """A business with a signed-in owner."""
     async with make_tenant(str(server.make_url("")), database_url) as t:
         yield t
+
+
+@pytest.fixture
+async def world(tenant: Tenant, api: Api, settings: Settings, db: asyncpg.Connection) -> AsyncIterator[World]:
+    """A business with a key, a running worker and a receiver (use the FAST settings from tests.world)."""
+    key = (await tenant.create_key(scopes=["webhooks:read", "webhooks:write", "events:read"]))["key"]
+    async with running_receiver() as receiver, running_worker(settings):
+        yield World(api, tenant, receiver, key, db)
