@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from shared import ids
 from shared.apikeys import SCOPES
 from shared.events import CallStatus, EventBatchIn, EventIn, EventType
 from shared.models import ApiKey, Business, Endpoint, Membership, Role, User
+from shared.repos.health import Health
 from shared.timestamps import Timestamp
 
 Scope = Literal["agents:read", "calls:read", "leads:read", "events:read", "webhooks:read", "webhooks:write"]
@@ -157,7 +159,7 @@ class ListQuery(BaseModel):
 
 # ---- health -----------------------------------------------------------------
 
-class HealthOut(BaseModel):
+class AliveOut(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] | None = None
 
@@ -239,6 +241,16 @@ class EndpointPatch(Body):
         return out
 
 
+class HealthOut(BaseModel):
+    attempts_last_hour: int
+    success_rate: float | None = Field(description="share of 2xx among the last hour's attempts")
+    p95_ms: int | None = Field(description="95th percentile attempt duration over the last hour")
+    backlog: int = Field(description="deliveries still pending")
+    lag_s: float | None = Field(description="age of the oldest pending delivery")
+    last_failure: str | None
+    last_failure_at: datetime | None
+
+
 class EndpointOut(BaseModel):
     id: str
     url: str
@@ -248,6 +260,7 @@ class EndpointOut(BaseModel):
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+    health: HealthOut | None = None
 
 
 class EndpointCreatedOut(EndpointOut):
@@ -259,13 +272,16 @@ class EndpointList(BaseModel):
     next_cursor: str | None
 
 
-def endpoint_out(e: Endpoint) -> dict[str, Any]:
-    return {
+def endpoint_out(e: Endpoint, health: Health | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "id": e.public_id, "url": e.url, "description": e.description,
         "event_types": list(e.event_types) if e.event_types is not None else None,
         "enabled": e.enabled, "disabled_reason": e.disabled_reason,
         "created_at": e.created_at, "updated_at": e.updated_at,
     }
+    if health is not None:
+        out["health"] = dataclasses.asdict(health)
+    return out
 
 
 class SecretOut(BaseModel):

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import asyncpg
 
-from shared import ids, passwords
+from shared import ids, oncall_cli, passwords
 from shared.db import connect
 from shared.errors import KaihooksError
 from shared.migrations import migrate
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ucreate.add_argument("--role", choices=["owner", "admin", "member"], required=True)
     ucreate.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     ucreate.set_defaults(run=cmd_user_create)
+
+    oncall_cli.register(sub)
     return parser
 
 
@@ -120,8 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
-        asyncio.run(args.run(args))
-    except CliError as exc:
+        if hasattr(args, "handler"):
+            asyncio.run(oncall_cli.run(_settings(), args.handler, args))
+        else:
+            asyncio.run(args.run(args))
+    except (CliError, oncall_cli.UsageError) as exc:
         _fail(str(exc))
     except KaihooksError as exc:
         _fail(exc.detail)

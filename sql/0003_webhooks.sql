@@ -70,6 +70,7 @@ CREATE INDEX deliveries_business_recent ON deliveries (business_id, updated_at D
 
 CREATE TABLE attempts (
     delivery_id      uuid NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    endpoint_id      uuid NOT NULL,               -- denormalised: endpoint health reads by it
     number           integer NOT NULL,
     started_at       timestamptz NOT NULL,
     duration_ms      integer NOT NULL,
@@ -82,3 +83,4 @@ CREATE TABLE attempts (
     PRIMARY KEY (delivery_id, number)
 );
 CREATE INDEX attempts_started ON attempts (started_at);
+CREATE INDEX attempts_endpoint_recent ON attempts (endpoint_id, started_at DESC);

@@ -10,13 +10,13 @@ from api import render
 from api.context import DB, OPENAPI, REDIS
 from api.problems import problem
 from api.routing import Routes
-from api.schemas import HealthOut
+from api.schemas import AliveOut
 
 routes = Routes("system")
 _CHECK_TIMEOUT_S = 2.0
 
 
-@routes.get("/healthz", summary="The process is alive", auth="none", response=HealthOut)
+@routes.get("/healthz", summary="The process is alive", auth="none", response=AliveOut)
 async def healthz(request: web.Request) -> web.StreamResponse:
     return render.json({"status": "ok"})
 
@@ -30,7 +30,7 @@ async def _check(coro: object) -> str:
 
 
 @routes.get("/readyz", summary="Postgres and Redis are reachable (503 otherwise)", auth="none",
-            response=HealthOut, errors=(503,))
+            response=AliveOut, errors=(503,))
 async def readyz(request: web.Request) -> web.StreamResponse:
     postgres, redis = await asyncio.gather(
         _check(request.app[DB].fetchval("SELECT 1")), _check(request.app[REDIS].ping())

@@ -141,14 +141,14 @@ async def write_results(conn: asyncpg.Connection, owner: str, results: Sequence[
     if results:
         await conn.execute(
             """INSERT INTO attempts (delivery_id, number, started_at, duration_ms, response_status, response_body,
-                                     error, error_kind, trigger, url)
+                                     error, error_kind, trigger, url, endpoint_id)
                SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
-                                    $7::text[], $8::text[], $9::text[], $10::text[])
+                                    $7::text[], $8::text[], $9::text[], $10::text[], $11::uuid[])
                ON CONFLICT (delivery_id, number) DO NOTHING""",
             [r.delivery_id for r in results], [r.number for r in results], [r.started_at for r in results],
             [r.duration_ms for r in results], [r.response_status for r in results],
             [r.response_body for r in results], [r.error for r in results], [r.error_kind for r in results],
-            [r.trigger for r in results], [r.url for r in results],
+            [r.trigger for r in results], [r.url for r in results], [r.endpoint_id for r in results],
         )
         # The attempt always counts. Its verdict settles the delivery only if this worker still holds
         # it: a retry or recover (or another worker, after a lapsed lease) may have taken it meanwhile.
@@ -370,3 +370,26 @@ async def cancel_recover(db: Executor, job_id: uuid.UUID) -> int:
         job_id,
     )
     return int(result.split()[-1])
+
+
+async def search(db: Executor, *, business_id: uuid.UUID | None, endpoint_id: uuid.UUID | None,
+                 status: str | None, since: datetime, limit: int) -> list[asyncpg.Record]:
+    """Deliveries across businesses, most recently changed first (for on-call engineers)."""
+    conditions = ["updated_at >= $1"]
+    args: list[object] = [since, limit]
+    for column, value in (("business_id", business_id), ("endpoint_id", endpoint_id), ("status", status)):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"SELECT {_COLUMNS}, business_id FROM deliveries WHERE {' AND '.join(conditions)} "
+        "ORDER BY updated_at DESC LIMIT $2",
+        *args,
+    )
+    return rows
+
+
+async def get_any(db: Executor, delivery_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await db.fetchrow(
+        f"SELECT {_COLUMNS}, business_id FROM deliveries WHERE id = $1", delivery_id)
+    return row
