@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared import apikeys, redis_keys
+from shared import apikeys, metrics, redis_keys
 from shared.errors import RateLimited, Unauthorized
 from shared.models import ApiKey
 from shared.repos import api_keys as key_repo
@@ -128,6 +128,16 @@ class KeyVerifier:
 
     async def verify(self, token: str) -> Verified:
         """The key, or Unauthorized / RateLimited."""
+        try:
+            return await self._verify(token)
+        except Unauthorized:
+            metrics.KEY_AUTH_FAILURES.inc()
+            raise
+        except RateLimited:
+            metrics.RATE_LIMITED.inc()
+            raise
+
+    async def _verify(self, token: str) -> Verified:
         if not apikeys.is_well_formed(token):
             raise Unauthorized()
         key_hash = apikeys.keyed_hash(self._settings.secret_key_bytes, token)
@@ -152,7 +162,7 @@ class KeyVerifier:
             log.warning("redis unavailable during key check; verifying against Postgres only")
             self._cache.clear()
             if from_cache:
-                return await self.verify(token)
+                return await self._verify(token)
             self._touch_locally(key.id)
             return Verified(key, None)
         if epoch != self._epoch:
@@ -160,7 +170,7 @@ class KeyVerifier:
             if known is not None:  # Redis lost its data: revocation markers may be gone too
                 self._cache.clear()
                 if from_cache:
-                    return await self.verify(token)
+                    return await self._verify(token)
         if revoked:
             self._cache.pop(key_hash, None)
             raise Unauthorized()

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 
 from dispatcher import http
 from dispatcher.writer import ResultWriter
-from shared import ids, signing
+from shared import ids, metrics, signing
 from shared.models import DeliveryStatus
 from shared.repos import audit
 from shared.repos import deliveries as delivery_repo
@@ -251,6 +251,8 @@ class Engine:
             else:
                 status, next_at = "pending", started_at + timedelta(seconds=delay)
         self.held.discard(o.id)
+        metrics.ATTEMPT_SECONDS.labels(metrics.result_class(outcome.status)).observe(outcome.duration_ms / 1000)
+        metrics.DELIVERIES.labels("retrying" if status == "pending" else status).inc()
         self.writer.add_result(AttemptResult(
             delivery_id=o.id, endpoint_id=o.endpoint_id, number=number, started_at=started_at,
             duration_ms=outcome.duration_ms, response_status=outcome.status, response_body=outcome.body_excerpt,
@@ -285,6 +287,7 @@ class Engine:
         return delay
 
     def _defer(self, job: Job, at: datetime) -> None:
+        metrics.DELIVERIES.labels("deferred").inc()
         self.held.discard(job.delivery.id)
         self.writer.add_deferral(Deferral(job.delivery.id, at))
 
@@ -300,6 +303,7 @@ class Engine:
         lane.enabled = False
         endpoint = await endpoint_repo.disable(self.db, lane.endpoint_id, reason)
         if endpoint is not None:
+            metrics.ENDPOINTS_DISABLED.labels("gone").inc()
             await audit.record(self.db, action="endpoint.disabled", business_id=endpoint.business_id,
                                target_id=endpoint.public_id, details={"reason": reason})
             log.warning("endpoint disabled", extra={"endpoint_id": endpoint.public_id,
@@ -328,6 +332,7 @@ class Engine:
         if not event_ids:
             return 0
         created = await self.fan_out(event_ids)
+        metrics.SWEPT.inc(len(event_ids))
         log.warning("swept events that missed their fan-out", extra={"events": len(event_ids), "deliveries": created})
         return len(event_ids)
 
@@ -372,6 +377,12 @@ class Engine:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             self._forget_idle_lanes()
+            metrics.IN_FLIGHT.set(self.in_flight)
+            metrics.HELD.set(len(self.held))
+            try:
+                metrics.QUEUE_DEPTH.set(await delivery_repo.due_count(self.db))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._complain("could not measure the queue depth", exc)
             if self.held:
                 try:
                     await delivery_repo.renew_leases(self.db, list(self.held), self.owner, self.settings.lease_s)

@@ -10,6 +10,7 @@ import os
 import socket
 from typing import Any
 
+import prometheus_client
 from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Worker
@@ -33,6 +34,8 @@ async def startup(settings: Settings) -> dict[str, Any]:
     owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     engine = Engine(settings, db, session, owner)
     engine.start()
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.listen_host)
     log.info("worker started", extra={"owner": owner})
     return {"settings": settings, "db": db, "session": session, "engine": engine}
 

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(0.5, gt=0)  # how often a worker looks for due retries
     queue_poll_s: float = Field(0.01, gt=0)  # how often an idle worker checks the arq queue
     queue_name: str = "arq:queue"  # the arq queue (give each deployment sharing a Redis its own)
+    metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0: not served
     dev: bool = False
 
     # Sessions and sign-in.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import prometheus_client
 from aiohttp import web
 
-from api import render
+from api import auth, render
 from api.context import DB, OPENAPI, REDIS
 from api.problems import problem
 from api.routing import Routes
@@ -45,3 +46,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 @routes.get("/openapi.json", summary="This document", auth="none")
 async def openapi(request: web.Request) -> web.StreamResponse:
     return render.json(request.app[OPENAPI])
+
+
+@routes.get("/metrics", summary="Prometheus metrics of this process (internal token required)", auth="internal")
+async def metrics(request: web.Request) -> web.StreamResponse:
+    auth.internal(request)
+    return web.Response(body=prometheus_client.generate_latest(),
+                        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

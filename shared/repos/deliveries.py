@@ -393,3 +393,10 @@ async def get_any(db: Executor, delivery_id: uuid.UUID) -> asyncpg.Record | None
     row: asyncpg.Record | None = await db.fetchrow(
         f"SELECT {_COLUMNS}, business_id FROM deliveries WHERE id = $1", delivery_id)
     return row
+
+
+async def due_count(db: Executor) -> int:
+    """Pending deliveries due now, across all workers (the queue depth)."""
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()")
+    return count

@@ -1,0 +1,26 @@
+"""Prometheus metrics (prometheus-client's default registry: one set per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DELIVERIES = Counter(
+    "kaihooks_deliveries_total", "Delivery attempts by what they led to",
+    ["outcome"],  # succeeded | retrying | failed | deferred (breaker open, no attempt spent)
+)
+ATTEMPT_SECONDS = Histogram(
+    "kaihooks_attempt_duration_seconds", "Time from sending a webhook to its answer (or failure)",
+    ["result"],  # 2xx | 3xx | 4xx | 5xx | error
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_DEPTH = Gauge("kaihooks_queue_depth", "Pending deliveries that are due now (all workers)")
+IN_FLIGHT = Gauge("kaihooks_in_flight", "Webhook requests this worker has in flight")
+HELD = Gauge("kaihooks_held_deliveries", "Deliveries this worker holds (queued or in flight)")
+SWEPT = Counter("kaihooks_sweeper_reenqueued_total", "Events fanned out by the sweeper after their job was lost")
+ENDPOINTS_DISABLED = Counter("kaihooks_endpoints_disabled_total", "Endpoints disabled automatically", ["reason"])
+KEY_AUTH_FAILURES = Counter("kaihooks_key_auth_failures_total", "Requests refused for a bad, unknown or revoked key")
+RATE_LIMITED = Counter("kaihooks_rate_limited_total", "Key-authenticated requests refused by the rate limit")
+
+
+def result_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status is not None else "error"

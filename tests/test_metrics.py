@@ -1,0 +1,72 @@
+"""Prometheus metrics from the API (/metrics, internal token) and from a worker (its own port)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shared import apikeys
+from shared.settings import Settings
+from tests.helpers import INTERNAL_TOKEN, Api, Tenant
+from tests.processes import ROOT, free_port, process_env
+from tests.receiver import running_receiver
+from tests.test_publishing import event, publish
+from tests.world import FAST
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def test_api_metrics_need_the_internal_token_and_count_key_failures(api: Api) -> None:
+    assert (await api.get("/metrics")).status == 401
+    before = sample((await api.get("/metrics", key=INTERNAL_TOKEN)).raw.decode(), "kaihooks_key_auth_failures_total")
+    for _ in range(3):
+        assert (await api.get("/v1/me", key=apikeys.generate().secret)).status == 401
+    r = await api.get("/metrics", key=INTERNAL_TOKEN)
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    assert sample(r.raw.decode(), "kaihooks_key_auth_failures_total") == before + 3
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return dict(FAST)
+
+
+async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: Api, settings: Settings) -> None:
+    key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
+    port = free_port()
+    env = process_env(settings, KAIHOOKS_METRICS_PORT=str(port), KAIHOOKS_LISTEN_HOST="127.0.0.1",
+                      KAIHOOKS_WORKER_POLL_S="0.05")
+    worker = subprocess.Popen([sys.executable, "-m", "dispatcher"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with running_receiver() as receiver, aiohttp.ClientSession() as http:
+            r = await api.post(f"{tenant.path}/webhook-endpoints", key=key, json={"url": receiver.url("/ok")})
+            assert r.status == 201
+            await publish(api, {"events": [event(tenant.business_id) for _ in range(3)]})
+            await receiver.wait_for(3, "/ok", timeout_s=20)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        text = await resp.text()
+                except aiohttp.ClientError:
+                    text = ""
+                if sample(text, "kaihooks_deliveries_total", '{outcome="succeeded"}') >= 3:
+                    break
+                assert time.monotonic() < deadline, text[-2000:]
+                await asyncio.sleep(0.1)
+            assert sample(text, "kaihooks_attempt_duration_seconds_count", '{result="2xx"}') >= 3
+            assert "kaihooks_queue_depth" in text
+    finally:
+        worker.terminate()
+        assert await asyncio.to_thread(worker.wait, 15) == 0
