@@ -13,6 +13,7 @@ from shared.apikeys import SCOPES
 from shared.events import CallStatus, EventBatchIn, EventIn, EventType
 from shared.models import ApiKey, Business, Endpoint, Membership, Role, User
 from shared.repos.health import Health
+from shared.repos.notices import Notice
 from shared.timestamps import Timestamp
 
 Scope = Literal["agents:read", "calls:read", "leads:read", "events:read", "webhooks:read", "webhooks:write"]
@@ -251,6 +252,12 @@ class HealthOut(BaseModel):
     last_failure_at: datetime | None
 
 
+class NoticeOut(BaseModel):
+    kind: Literal["endpoint.disabled", "delivery.exhausted"]
+    message: str
+    created_at: datetime
+
+
 class EndpointOut(BaseModel):
     id: str
     url: str
@@ -261,6 +268,7 @@ class EndpointOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     health: HealthOut | None = None
+    notices: list[NoticeOut] | None = Field(default=None, description="the latest operational notices")
 
 
 class EndpointCreatedOut(EndpointOut):
@@ -272,7 +280,7 @@ class EndpointList(BaseModel):
     next_cursor: str | None
 
 
-def endpoint_out(e: Endpoint, health: Health | None = None) -> dict[str, Any]:
+def endpoint_out(e: Endpoint, health: Health | None = None, notices: list[Notice] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": e.public_id, "url": e.url, "description": e.description,
         "event_types": list(e.event_types) if e.event_types is not None else None,
@@ -281,6 +289,8 @@ def endpoint_out(e: Endpoint, health: Health | None = None) -> dict[str, Any]:
     }
     if health is not None:
         out["health"] = dataclasses.asdict(health)
+    if notices is not None:
+        out["notices"] = [dataclasses.asdict(n) for n in notices]
     return out
 
 

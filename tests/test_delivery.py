@@ -331,3 +331,27 @@ async def test_an_endpoint_failing_for_the_configured_time_is_disabled_and_audit
     assert r.body["enabled"] is True and r.body["disabled_reason"] is None
     assert await db.fetchval("SELECT failing_since FROM endpoints WHERE id = $1", ids.decode("ep", failing["id"])) \
         is None
+
+
+async def test_notices_tell_the_business_about_disabling_and_exhausted_retries(world: World) -> None:
+    ep = await world.endpoint("/ok")
+    await world.publish()
+    await world.settled(ep["id"], 1)
+    one = f"{world.tenant.path}/webhook-endpoints/{ep['id']}"
+    assert (await world.api.get(one, key=world.key)).body["notices"] == []
+    assert (await world.api.patch(one, key=world.key, json={"url": world.receiver.url("/status/500")})).status == 200
+    await world.publish()
+    await world.publish()
+    await world.settled(ep["id"], 3)
+    notices = (await world.api.get(one, key=world.key)).body["notices"]
+    assert [n["kind"] for n in notices] == ["delivery.exhausted"]  # one, however many ran out in the hour
+    assert "failed every retry" in notices[0]["message"]
+    assert (await world.api.patch(one, key=world.key, json={"url": world.receiver.url("/status/410")})).status == 200
+    await world.publish()
+    deadline = time.monotonic() + 10
+    while not (body := (await world.api.get(one, key=world.key)).body)["notices"][0]["kind"] == "endpoint.disabled":
+        assert time.monotonic() < deadline, body
+        await _sleep(0.05)
+    assert body["enabled"] is False and "410" in body["notices"][0]["message"]
+    listed = (await world.api.get(f"{world.tenant.path}/webhook-endpoints", key=world.key)).body["data"]
+    assert [n["kind"] for n in listed[0]["notices"]] == ["endpoint.disabled", "delivery.exhausted"]

@@ -38,6 +38,7 @@ from shared.pagination import decode_cursor, parse_limit
 from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import health as health_repo
+from shared.repos import notices
 
 routes = Routes("webhooks")
 BASE = "/v1/businesses/{business_id}/webhook-endpoints"
@@ -63,8 +64,11 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, ListQuery)
     after = decode_cursor(q.cursor) if q.cursor else None
     page = await endpoint_repo.list_page(request.app[DB], access.business_id, parse_limit(q.limit), after)
-    health = await health_repo.of_endpoints(request.app[DB], [e.id for e in page.items])
-    return render.page([endpoint_out(e, health.get(e.id)) for e in page.items], page.next_cursor)
+    endpoint_ids = [e.id for e in page.items]
+    health = await health_repo.of_endpoints(request.app[DB], endpoint_ids)
+    notes = await notices.recent(request.app[DB], endpoint_ids)
+    return render.page([endpoint_out(e, health.get(e.id), notes.get(e.id, [])) for e in page.items],
+                       page.next_cursor)
 
 
 @routes.post(BASE, summary="Add an endpoint (returns its signing secret)", auth="key_or_session", scope=WRITE,
@@ -84,7 +88,8 @@ async def get_endpoint(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, scope=READ)
     endpoint = await service.get_endpoint(request.app[DB], access.business_id, _endpoint_id(request))
     health = await health_repo.of_endpoints(request.app[DB], [endpoint.id])
-    return render.json(endpoint_out(endpoint, health[endpoint.id]))
+    notes = await notices.recent(request.app[DB], [endpoint.id])
+    return render.json(endpoint_out(endpoint, health[endpoint.id], notes.get(endpoint.id, [])))
 
 
 @routes.patch(ONE, summary="Change url, description, event_types or enabled", auth="key_or_session", scope=WRITE,

@@ -12,7 +12,7 @@ import asyncpg
 
 from shared.models import DeliveryStatus, Trigger
 from shared.pagination import Page, Position, paginate
-from shared.repos import Executor
+from shared.repos import Executor, notices
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +169,9 @@ async def write_results(conn: asyncpg.Connection, owner: str, results: Sequence[
         )
         ok = {r.endpoint_id for r in results if r.succeeded}
         bad = {r.endpoint_id for r in results if not r.succeeded} - ok
+        exhausted = {r.endpoint_id for r in results if r.status == "failed" and r.response_status != 410}
+        if exhausted:
+            await notices.record_exhausted(conn, list(exhausted))
         if ok:
             await conn.execute("UPDATE endpoints SET failing_since = NULL WHERE id = ANY($1::uuid[]) "
                                "AND failing_since IS NOT NULL", list(ok))

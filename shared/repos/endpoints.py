@@ -105,10 +105,17 @@ async def delete(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -
 
 
 async def disable(db: Executor, endpoint_id: uuid.UUID, reason: str) -> Endpoint | None:
-    """Disable an enabled endpoint (by the dispatcher); None if it was not enabled."""
+    """Disable an enabled endpoint (by the dispatcher) and leave the business a notice;
+    None if it was not enabled."""
     row = await db.fetchrow(
-        f"""UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
-            WHERE id = $1 AND enabled RETURNING {_COLUMNS}""",
+        f"""WITH disabled AS (
+                UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
+                WHERE id = $1 AND enabled RETURNING {_COLUMNS}
+            ), noticed AS (
+                INSERT INTO notices (business_id, endpoint_id, kind, message)
+                SELECT business_id, id, 'endpoint.disabled', 'Disabled: ' || $2 FROM disabled
+            )
+            SELECT * FROM disabled""",
         endpoint_id, reason,
     )
     return _endpoint(row) if row else None
