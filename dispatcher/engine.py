@@ -116,9 +116,13 @@ class Engine:
     # ---- intake --------------------------------------------------------------------------------
 
     async def fan_out(self, event_ids: list[uuid.UUID]) -> int:
+        """Create the events' deliveries; send them here if there is room, else leave them due in
+        Postgres for whichever worker has room."""
+        keep = len(self.held) < self.max_held
         async with self.db.acquire() as conn, conn.transaction():
-            created = await delivery_repo.fan_out(conn, event_ids, self.owner, self.settings.lease_s)
-        if created:
+            created = await delivery_repo.fan_out(conn, event_ids, self.owner if keep else None,
+                                                  self.settings.lease_s)
+        if created and keep:
             await self.take(created)
         return len(created)
 
@@ -151,8 +155,10 @@ class Engine:
     def _lane(self, o: Outbound, sealed: list[endpoint_repo.LiveSecret]) -> Lane:
         lane = self.lanes.get(o.endpoint_id)
         if lane is None:
+            # Slow start: two requests at once, one more after each success up to the cap, one after a
+            # timeout. A hanging endpoint thus holds few of the worker's slots.
             lane = self.lanes[o.endpoint_id] = Lane(o.endpoint_id, o.business_id, o.url, o.enabled,
-                                                    cap=self.settings.endpoint_max_in_flight)
+                                                    cap=min(2, self.settings.endpoint_max_in_flight))
         lane.url, lane.enabled = o.url, o.enabled
         if sealed:
             lane.secrets = [(self._open(s.sealed), s.expires_at) for s in sealed]
@@ -271,9 +277,11 @@ class Engine:
         lane.failures += 1
         if outcome.error_kind == "timeout":
             lane.cap = 1  # a slow endpoint gets one request at a time until it answers again
-        if lane.failures >= self.settings.circuit_failures:
+        now = time.monotonic()
+        if lane.failures >= self.settings.circuit_failures and lane.open_until <= now:
+            # Trip (again): once per trip, however many requests in flight fail with it.
             lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
-            lane.open_until = time.monotonic() + lane.open_s
+            lane.open_until = now + lane.open_s
 
     def _next_delay(self, o: Outbound, number: int, outcome: http.Outcome) -> float | None:
         """Seconds until the next attempt, or None when the schedule is spent."""

@@ -34,9 +34,11 @@ class Outbound:
     schedule_start: int
 
 
-async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID], owner: str, lease_s: float) -> list[uuid.UUID]:
+async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID], owner: str | None,
+                  lease_s: float) -> list[uuid.UUID]:
     """Create the deliveries of events not yet fanned out (one per matching enabled endpoint), leased to
-    ``owner``, and mark the events done. Events another worker is fanning out are skipped."""
+    ``owner`` (None: to nobody, due for any worker), and mark the events done. Events another worker
+    is fanning out are skipped."""
     rows = await db.fetch(
         """WITH ev AS (
                SELECT id, business_id, type FROM events
@@ -47,7 +49,8 @@ async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID], owner: str, leas
            )
            INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at,
                                    lease_until, lease_owner)
-           SELECT ev.id, ep.id, ev.business_id, ev.type, now(), now() + make_interval(secs => $3), $2
+           SELECT ev.id, ep.id, ev.business_id, ev.type, now(),
+                  CASE WHEN $2::text IS NULL THEN NULL ELSE now() + make_interval(secs => $3) END, $2
            FROM ev JOIN endpoints ep ON ep.business_id = ev.business_id AND ep.enabled
                 AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types))
            ON CONFLICT (event_id, endpoint_id) DO NOTHING
