@@ -53,10 +53,11 @@ def watched(ctx: Context, groups: dict[str, list[int]]) -> Callable[[], dict[str
     return resolve
 
 
-def start_api(ctx: Context, stack: ExitStack, name: str = "api") -> tuple[procs.Child, int]:
-    """``python -m api`` on a free port, ready (``/healthz`` answers)."""
+def start_api(ctx: Context, stack: ExitStack, name: str = "api",
+              env: dict[str, str] | None = None) -> tuple[procs.Child, int]:
+    """``python -m api`` on a free port, ready (``/healthz`` answers); ``env`` instead of ``ctx.env``."""
     port = procs.free_port()
-    api = procs.start(stack, name, [sys.executable, "-m", "api"], {**ctx.env, "PORT": str(port)}, ROOT,
+    api = procs.start(stack, name, [sys.executable, "-m", "api"], {**(env or ctx.env), "PORT": str(port)}, ROOT,
                       ctx.tmp_dir)
     procs.wait_http(api, port, "/healthz")
     return api, port
@@ -69,15 +70,16 @@ def setup_summary(ctx: Context) -> dict[str, str]:
 
 
 def profile(ctx: Context, scenario_id: str, pid: int, seconds: float,
-            load: Callable[[float], object]) -> dict[str, Any]:
-    """Sample process ``pid`` with py-spy for ``seconds`` while ``load(seconds + 1)`` runs; summarise."""
-    out = ctx.results_dir / f"{ctx.stamp}-{scenario_id}-api.collapsed.txt"
+            load: Callable[[float], object], process: str = "api") -> dict[str, Any]:
+    """Sample process ``pid`` (the ``process``, for the file name) with py-spy for ``seconds`` while
+    ``load(seconds + 1)`` runs; summarise."""
+    out = ctx.results_dir / f"{ctx.stamp}-{scenario_id}-{process}.collapsed.txt"
     spy = profiling.start(ctx.stack, pid, out, seconds, ctx.tmp_dir, ctx.env, native=ctx.profile == "native")
     load(seconds + 1.0)
     spy.popen.wait(30)
     if not out.exists():
         raise SystemExit(f"bench: py-spy wrote no profile:\n{spy.log_tail()}")
-    return {"collapsed_stacks": str(out.relative_to(ROOT)), "native": ctx.profile == "native",
+    return {"collapsed_stacks": str(out.relative_to(ROOT)), "native": ctx.profile == "native", "process": process,
             **profiling.summarise(out)}
 
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py              # every scenario; updates BENCHMARKS.md
     .venv/bin/python bench/run.py --quick      # shorter windows, rough figures; BENCHMARKS.md untouched
     .venv/bin/python bench/run.py --only me --profile
+    .venv/bin/python bench/run.py --only P1,P2      # P2 needs P1's rate: P1 (and its limit) run too
 
 Sets up its own Postgres database and Redis db (see setup_env.py), runs each scenario
 module in SCENARIOS, writes ``bench/results/<UTC timestamp>.json``, prints a Markdown
@@ -25,13 +26,23 @@ from typing import Any
 import profiling
 import psutil
 import report
+import scenario_limit
 import scenario_me
+import scenario_p1
+import scenario_p2
+import scenario_p3
+import scenario_p4
 import scenario_p5
 import scenario_p6
+import scenario_p7
 import setup_env
 
-# id -> module with ID, TITLE and run(ctx) -> result dict (see scenario_me.py). Add P1-P8 here.
-SCENARIOS = {module.ID: module for module in (scenario_me, scenario_p5, scenario_p6)}
+# id -> module with ID, TITLE and run(ctx) -> result dict (see scenario_me.py), in running order.
+SCENARIOS = {module.ID: module for module in (scenario_me, scenario_p5, scenario_p6, scenario_limit, scenario_p1,
+                                              scenario_p2, scenario_p3, scenario_p4, scenario_p7)}
+# What a scenario needs measured earlier in the same run (P1 runs the limit beside itself, at the limit
+# scenario's best concurrency; P2 runs at half P1's rate; P3 compares with P1 and P2; P4's bound is P1's rate).
+NEEDS = {"P1": ("limit",), "P2": ("P1",), "P3": ("P1", "P2"), "P4": ("P1",)}
 
 
 def say(message: str) -> None:
@@ -45,12 +56,56 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short windows, fixed concurrency; no BENCHMARKS.md")
-    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run just this scenario")
+    parser.add_argument("--only", action="append", type=_ids,
+                        help=f"run just these scenarios, comma-separated or repeated ({', '.join(SCENARIOS)}); "
+                             "what they need runs too")
     parser.add_argument("--profile", action="store_true",
                         help="after measuring, sample the server under load with py-spy and summarise")
     parser.add_argument("--native", action="store_true", help="with --profile: include C/Cython frames")
     parser.add_argument("--concurrency", type=int, help="fix the client concurrency instead of calibrating")
+    parser.add_argument("--set", action="append", default=[], metavar="KAIHOOKS_NAME=VALUE", type=_setting,
+                        help="run the API and worker with this setting changed (an experiment: BENCHMARKS.md is "
+                             "left as it was; the setting is recorded in the results)")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the child processes' logs (results/<stamp>.tmp/) even after a clean run")
     return parser.parse_args()
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("KAIHOOKS_") or name in ("KAIHOOKS_SECRET_KEY", "KAIHOOKS_INTERNAL_TOKENS"):
+        raise argparse.ArgumentTypeError("expected KAIHOOKS_NAME=VALUE (not the secret key or internal tokens)")
+    return name, value
+
+
+def _ids(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [c for c in chosen if c not in SCENARIOS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {', '.join(unknown)}; "
+                                         f"choose from {', '.join(SCENARIOS)}")
+    return chosen
+
+
+def _selected(only: list[list[str]] | None) -> list[str]:
+    """The scenarios to run, in SCENARIOS order, with what they need."""
+    if not only:
+        return list(SCENARIOS)
+    wanted: set[str] = set()
+
+    def add(scenario_id: str) -> None:
+        if scenario_id not in wanted:
+            wanted.add(scenario_id)
+            for need in NEEDS.get(scenario_id, ()):
+                add(need)
+
+    for group in only:
+        for scenario_id in group:
+            add(scenario_id)
+    extra = wanted - {s for group in only for s in group}
+    if extra:
+        say(f"also running {', '.join(s for s in SCENARIOS if s in extra)}: needed by the scenarios chosen")
+    return [s for s in SCENARIOS if s in wanted]
 
 
 def _run_scenarios(args: argparse.Namespace, stamp: str) -> list[dict[str, Any]]:
@@ -60,13 +115,14 @@ def _run_scenarios(args: argparse.Namespace, stamp: str) -> list[dict[str, Any]]
     keep_logs = True
     try:
         ctx = setup_env.prepare(stack, tmp_dir)
+        ctx.env.update(dict(args.set))
         ctx.quick, ctx.concurrency, ctx.stamp = args.quick, args.concurrency, stamp
         ctx.profile = "native" if args.native else "python" if args.profile else ""
         results = []
-        for scenario_id in args.only or list(SCENARIOS):
+        for scenario_id in _selected(args.only):
             say(f"scenario {scenario_id}: {SCENARIOS[scenario_id].TITLE}")
             results.append(SCENARIOS[scenario_id].run(ctx))
-        keep_logs = False
+        keep_logs = args.keep_logs
         return results
     except KeyboardInterrupt:
         keep_logs = False
@@ -103,6 +159,7 @@ def main() -> int:
         say("interrupted; every process started was stopped and the bench database dropped")
         return 130
     run = {"started_utc": now.strftime("%Y-%m-%d %H:%M UTC"), "command": command, "quick": args.quick,
+           "settings_changed": dict(args.set),
            "duration_s": round(time.monotonic() - started, 1), "box_cpu_pct_before": busy_before,
            "provenance": provenance, "scenarios": results}
     path = report.write_json(stamp, run)
@@ -111,11 +168,12 @@ def main() -> int:
         sections[str(result["id"])] = report.section(result, run, path)
         print(f"\n### {result['id']}: {result['title']}\n\n{report.table(result)}")
         if "profile" in result:
-            print(f"\nProfile of the API process under load ({result['profile']['collapsed_stacks']}):\n")
+            process = result["profile"].get("process", "api")
+            print(f"\nProfile of the {process} process under load ({result['profile']['collapsed_stacks']}):\n")
             print(profiling.markdown(result["profile"]))
     print(f"\nresults: {path.relative_to(setup_env.ROOT)} ({run['duration_s']} s)")
-    if args.quick:
-        say("--quick: BENCHMARKS.md left as it was")
+    if args.quick or args.set:
+        say(f"{'--quick' if args.quick else '--set'}: BENCHMARKS.md left as it was")
     else:
         report.update_benchmarks_md(sections)
         say(f"updated {report.BENCHMARKS_MD.relative_to(setup_env.ROOT)}")

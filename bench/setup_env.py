@@ -20,6 +20,7 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis
@@ -57,6 +58,9 @@ class Context:
     concurrency: int | None = None
     stamp: str = ""
     notes: list[str] = field(default_factory=list)
+    # What one scenario leaves for later ones in the same run (P1's rate for P2-P4, the delivery
+    # scenarios' businesses and endpoints, the receiver's port, the limit's best concurrency).
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 def _say(message: str) -> None:
