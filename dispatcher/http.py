@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from shared import __version__
+from shared.signing import USER_AGENT
 from shared.url_policy import address_problem
 
-USER_AGENT = f"KaiCalls-Webhooks/{__version__}"
 EXCERPT_BYTES = 2048
 
 

@@ -25,6 +25,7 @@ from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import health as health_repo
 from shared.settings import Settings
+from shared.signing import USER_AGENT
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,7 +119,7 @@ async def deliveries_show(db: asyncpg.Pool, settings: Settings, args: argparse.N
         "response_status": a["response_status"], "error": a["error_kind"], "error_message": a["error"],
         "trigger": a["trigger"], "url": a["url"], "response_body": a["response_body"],
         "headers_sent": {
-            "content-type": "application/json", "user-agent": "KaiCalls-Webhooks/…",
+            "content-type": "application/json", "user-agent": USER_AGENT,
             "webhook-id": data["event_id"], "webhook-timestamp": str(int(a["started_at"].timestamp())),
             "webhook-signature": "v1,[redacted]",
         },
@@ -126,7 +127,7 @@ async def deliveries_show(db: asyncpg.Pool, settings: Settings, args: argparse.N
     if args.json:
         print(_json(data))
         return
-    print(f"delivery   {data['id']}  {data['status']}  ({data['attempts']} attempts)")
+    print(f"delivery   {data['id']}  {data['status']}  ({d['attempt_count']} attempts)")
     print(f"event      {data['event_id']}  {data['event_type']}")
     print(f"endpoint   {data['endpoint_id']}")
     if d["status"] == "pending":

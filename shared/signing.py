@@ -7,6 +7,10 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
+from shared import __version__
+
+USER_AGENT = f"KaiCalls-Webhooks/{__version__}"
+
 
 def sign(secret_key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret_key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
