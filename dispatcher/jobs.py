@@ -104,6 +104,9 @@ async def apply_retention(ctx: dict[str, Any], *, batch: int = RETENTION_BATCH,
                 await asyncio.sleep(RETENTION_PAUSE_S)
             if not complete:
                 break
+    except BaseException:
+        complete = False  # a failed (or cancelled) statement: the next run goes on from there
+        raise
     finally:
         # The event log of these businesses changed: their cached read pages must go.
         await bump_data_versions(ctx["redis"], business_ids)

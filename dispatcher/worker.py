@@ -58,6 +58,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "cron_jobs": [
             cron(jobs.disable_failing_endpoints, minute=set(range(0, 60, 10)), second=0, run_at_startup=True),
             cron(jobs.prune_sessions, minute=set(range(0, 60, 10)), second=30),
+            cron(jobs.apply_retention, minute=17, second=0, run_at_startup=False),
         ],
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "job_timeout": max(60, int(settings.delivery_timeout * 6)),
