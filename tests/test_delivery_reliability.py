@@ -393,7 +393,7 @@ async def test_kill_9_mid_load_loses_nothing_and_duplicates_only_what_was_in_fli
     first = await rig.workers.start()
     publishing = asyncio.create_task(rig.publish(300, batch=50))
     try:
-        await until(lambda: len(rig.receiver.ids_at(path)) >= 100, 30, "a third of the events arrived")
+        await until(lambda: len(rig.receiver.ids_at(path)) >= 100, 60, "a third of the events arrived")
         first.kill()  # SIGKILL
         killed_at = time.monotonic()
         event_ids = await publishing
