@@ -63,6 +63,7 @@ class Lane:
     failures: int = 0  # consecutive
     open_until: float = 0.0  # monotonic; the breaker is open before it
     open_s: float = 0.0
+    slow: bool = False  # its last failure was a timeout, and it has not answered in time since
 
 
 class Engine:
@@ -77,6 +78,7 @@ class Engine:
         self.held: set[uuid.UUID] = set()
         self.in_flight = 0
         self.max_held = max(2000, settings.max_in_flight * 2)
+        self._lane_limit = settings.endpoint_max_in_flight * 10  # deliveries queued per endpoint, at most
         self._waiting_lanes: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
         self._sends: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -146,6 +148,12 @@ class Engine:
             if o.event_id not in bodies:
                 bodies[o.event_id] = self._body(o)
             body, msg_id = bodies[o.event_id]
+            if len(lane.queue) >= self._room(lane):
+                # A slow endpoint's lane is full: hand the delivery back, still due, rather than hold it
+                # (held deliveries use up this worker's room for everyone else's). The poller skips
+                # this endpoint until its lane drains.
+                self.writer.add_deferral(Deferral(o.id, now))
+                continue
             self.held.add(o.id)
             lane.queue.append(Job(o, body, msg_id))
         for endpoint_id in endpoint_ids:
@@ -185,8 +193,20 @@ class Engine:
 
     # ---- sending -------------------------------------------------------------------------------
 
+    def _room(self, lane: Lane) -> int:
+        """How many deliveries a lane may hold queued: plenty while the endpoint answers in time, only
+        what it can have in flight once it times out (so hanging endpoints never fill this worker)."""
+        return max(1, lane.cap) if lane.slow else self._lane_limit
+
     def _pump(self, lane: Lane) -> None:
         now = time.monotonic()
+        room = self._room(lane)
+        if len(lane.queue) > room:
+            # The endpoint has gone slow: keep what it can take now, hand the rest back (still due,
+            # no attempt spent). The poller skips this endpoint while its lane is full.
+            due = datetime.now(UTC)
+            while len(lane.queue) > room:
+                self._defer(lane.queue.pop(), due)
         if lane.queue and not lane.enabled:
             self._fail_disabled(lane)
             return
@@ -247,7 +267,7 @@ class Engine:
         next_at: datetime | None = None
         if outcome.ok:
             status = "succeeded"
-            lane.failures, lane.open_s = 0, 0.0
+            lane.failures, lane.open_s, lane.slow = 0, 0.0, False
             lane.cap = min(self.settings.endpoint_max_in_flight, lane.cap + 1)
         else:
             self._note_failure(lane, outcome)
@@ -277,6 +297,7 @@ class Engine:
         lane.failures += 1
         if outcome.error_kind == "timeout":
             lane.cap = 1  # a slow endpoint gets one request at a time until it answers again
+            lane.slow = True
         now = time.monotonic()
         if lane.failures >= self.settings.circuit_failures and lane.open_until <= now:
             # Trip (again): once per trip, however many requests in flight fail with it.
@@ -328,7 +349,7 @@ class Engine:
             return 0
         now = time.monotonic()
         busy = [lane.endpoint_id for lane in self.lanes.values()
-                if lane.open_until > now or len(lane.queue) >= self.settings.endpoint_max_in_flight * 10]
+                if lane.open_until > now or len(lane.queue) >= self._room(lane)]
         claimed = await delivery_repo.claim_due(self.db, self.owner, room, self.settings.lease_s, busy)
         if claimed:
             await self.take(claimed)

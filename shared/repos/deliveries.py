@@ -268,7 +268,7 @@ async def create_test(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UU
     """A ``webhook.test`` event for one endpoint and its delivery, due now. Run inside a transaction."""
     await db.execute(
         """INSERT INTO events (id, business_id, type, data, occurred_at, fanned_out_at)
-           VALUES ($1, $2, 'webhook.test', $3::jsonb, now(), now())""",
+           VALUES ($1, $2, 'webhook.test', $3::text::jsonb, now(), now())""",
         event_id, business_id, data_json,
     )
     delivery_id: uuid.UUID = await db.fetchval(
