@@ -82,15 +82,16 @@ async def _run_arq(worker: Worker, stop: asyncio.Event) -> bool:
         log.warning("the job queue stopped (Redis unreachable?); deliveries go on from Postgres; reconnecting",
                     exc_info=running.exception())
     else:
-        if worker.main_task is not None:
-            worker.main_task.cancel()
+        # Let arq leave its loop by itself (burst mode with nothing more to start): it then waits for
+        # its running jobs and releases its Redis connections. Cancelling it mid-poll could leak one.
+        worker.burst, worker.max_burst_jobs = True, 0
+        _, late = await asyncio.wait({running}, timeout=JOB_GRACE_S)
+        if late:
+            for task in worker.tasks.values():
+                task.cancel()
+            running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
-        jobs_left = [t for t in worker.tasks.values() if not t.done()]
-        if jobs_left:
-            _, late = await asyncio.wait(jobs_left, timeout=JOB_GRACE_S)
-            for task in late:
-                task.cancel()
     with contextlib.suppress(Exception):
         await worker.pool.aclose(close_connection_pool=True)
     return failed and not stop.is_set()
