@@ -33,7 +33,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = connect_queue(app[SETTINGS])
     yield
-    await app[REDIS].aclose()
+    await app[REDIS].aclose(close_connection_pool=True)
 
 
 async def _key_verifier(app: web.Application) -> AsyncIterator[None]:

@@ -153,7 +153,7 @@ async def deliveries_retry(db: asyncpg.Pool, settings: Settings, args: argparse.
     try:
         await wake_workers(queue)
     finally:
-        await queue.aclose()
+        await queue.aclose(close_connection_pool=True)
     print(f"queued {found} delivery(ies) for a retry now")
 
 
@@ -221,7 +221,7 @@ async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse
                                    include_missed=args.include_missed, rate_per_s=args.rate, actor=_cli_actor(),
                                    audit_actor={})
     finally:
-        await queue.aclose()
+        await queue.aclose(close_connection_pool=True)
     job_text = ids.encode("rcv", job.id)
     print(f"recover {job_text}: {job.total} delivery(ies) at most {args.rate:g}/s "
           f"(cancel: Ctrl-C, or POST /v1/businesses/…/recover-jobs/{job_text}/cancel)")
