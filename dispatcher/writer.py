@@ -24,8 +24,6 @@ class ResultWriter:
         self._results: list[AttemptResult] = []
         self._deferrals: list[Deferral] = []
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._last_complaint = -1e9
 
     @property
@@ -41,7 +39,6 @@ class ResultWriter:
         self._queued()
 
     def _queued(self) -> None:
-        self._idle.clear()
         if self.pending >= self._max_batch:
             self._wake.set()
 
@@ -58,7 +55,6 @@ class ResultWriter:
     async def flush(self) -> bool:
         """Write what is waiting; False (and kept for the next flush) if Postgres refused."""
         if not self.pending:
-            self._idle.set()
             return True
         results, self._results = self._results, []
         deferrals, self._deferrals = self._deferrals, []
@@ -81,8 +77,6 @@ class ResultWriter:
             self._deferrals[:0] = deferrals
             await asyncio.sleep(0.5)
             return False
-        if not self.pending:
-            self._idle.set()
         return True
 
     async def drain(self, timeout_s: float) -> None:

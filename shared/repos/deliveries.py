@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -258,9 +257,6 @@ async def send_now(db: Executor, delivery_ids: Sequence[uuid.UUID], trigger: Tri
     )
     return int(result.split()[-1])
 
-
-def row_dict(row: asyncpg.Record) -> dict[str, Any]:
-    return dict(row)
 
 
 async def create_test(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID, event_id: uuid.UUID,

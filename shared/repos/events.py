@@ -33,21 +33,6 @@ class EventRow:
     created_at: datetime
 
 
-async def insert_new(db: Executor, events: Sequence[NewEvent]) -> set[uuid.UUID]:
-    """Insert; events whose (business, idempotency key) already exists are skipped. Returns inserted ids."""
-    rows = await db.fetch(
-        """INSERT INTO events (id, business_id, type, data, idempotency_key, occurred_at)
-           SELECT id, business_id, type, data::jsonb, idempotency_key, occurred_at
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-                AS e(id, business_id, type, data, idempotency_key, occurred_at)
-           ON CONFLICT (business_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-           RETURNING id""",
-        [e.id for e in events], [e.business_id for e in events], [e.type for e in events],
-        [e.data_json for e in events], [e.idempotency_key for e in events], [e.occurred_at for e in events],
-    )
-    return {r["id"] for r in rows}
-
-
 async def ids_by_idempotency_key(
     db: Executor, keys: Sequence[tuple[uuid.UUID, str]]
 ) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
