@@ -76,6 +76,21 @@ _QUEUE = f"kaihooks-test:{uuid.uuid4().hex[:8]}:queue"
 
 
 @pytest.fixture
+def clear_login_throttle(redis_url: str) -> Iterator[None]:
+    """No sign-in failures counted before or after the test (they are per IP, and tests share 127.0.0.1)."""
+    client = redis.Redis.from_url(redis_url)
+
+    def clear() -> None:
+        for key in client.scan_iter("kaihooks:login-failures:*"):
+            client.delete(key)
+
+    clear()
+    yield
+    clear()
+    client.close()
+
+
+@pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     """Override in a test module to change settings for its app."""
     return {}

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import asyncpg
 import pytest
-import redis
 from aiohttp.test_utils import TestServer
 
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant, make_tenant
 
 
 @pytest.fixture(autouse=True)
-def _clear_login_throttle(redis_url: str) -> Iterator[None]:
+def _clear_login_throttle(clear_login_throttle: None) -> None:
     """Every test here signs in from 127.0.0.1; start and end each with no failures counted."""
-    client = redis.Redis.from_url(redis_url)
-
-    def clear() -> None:
-        for key in client.scan_iter("kaihooks:login-failures:*"):
-            client.delete(key)
-
-    clear()
-    yield
-    clear()
-    client.close()
 
 
 async def test_login_sets_a_hardened_cookie_and_returns_csrf(tenant: Tenant, api: Api) -> None:

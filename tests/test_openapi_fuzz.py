@@ -70,18 +70,8 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _clear_login_throttle(redis_url: str) -> Iterator[None]:
+def _clear_login_throttle(clear_login_throttle: None) -> None:
     """The fuzzer signs in with wrong passwords from 127.0.0.1: leave no failures counted for other tests."""
-    client = redis.Redis.from_url(redis_url)
-
-    def clear() -> None:
-        for key in client.scan_iter("kaihooks:login-failures:*"):
-            client.delete(key)
-
-    clear()
-    yield
-    clear()
-    client.close()
 
 
 @pytest.fixture(autouse=True)
