@@ -29,6 +29,7 @@ from shared.models import DeliveryStatus
 from shared.repos import audit
 from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
+from shared.repos import health as health_repo
 from shared.repos.deliveries import AttemptResult, Deferral, Outbound
 from shared.secrets_box import Sealed, SecretBox, secret_bytes
 from shared.settings import Settings
@@ -303,6 +304,9 @@ class Engine:
             # Trip (again): once per trip, however many requests in flight fail with it.
             lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
             lane.open_until = now + lane.open_s
+            log.warning("endpoint breaker open: its deliveries wait", extra={
+                "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
+                "failures": lane.failures, "open_s": lane.open_s})
 
     def _next_delay(self, o: Outbound, number: int, outcome: http.Outcome) -> float | None:
         """Seconds until the next attempt, or None when the schedule is spent."""
@@ -323,6 +327,10 @@ class Engine:
     def _fail_disabled(self, lane: Lane) -> None:
         jobs = list(lane.queue)
         lane.queue.clear()
+        if jobs:
+            log.info("deliveries skipped: the endpoint is disabled", extra={
+                "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
+                "delivery_ids": [ids.encode("dlv", j.delivery.id) for j in jobs[:20]], "count": len(jobs)})
         for job in jobs:
             self.held.discard(job.delivery.id)
         asyncio.create_task(delivery_repo.fail_for_disabled_endpoint(  # noqa: RUF006
@@ -402,6 +410,16 @@ class Engine:
         for endpoint_id in idle:
             del self.lanes[endpoint_id]
 
+    async def _export_endpoint_health(self) -> None:
+        """Backlog and lag of the endpoints furthest behind, as metrics (bounded label set)."""
+        behind = await health_repo.most_behind(self.db)
+        metrics.ENDPOINT_BACKLOG.clear()
+        metrics.ENDPOINT_LAG.clear()
+        for endpoint_id, backlog, lag_s in behind:
+            label = ids.encode("ep", endpoint_id)
+            metrics.ENDPOINT_BACKLOG.labels(label).set(backlog)
+            metrics.ENDPOINT_LAG.labels(label).set(lag_s)
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
@@ -410,6 +428,7 @@ class Engine:
             metrics.HELD.set(len(self.held))
             try:
                 metrics.QUEUE_DEPTH.set(await delivery_repo.due_count(self.db))
+                await self._export_endpoint_health()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._complain("could not measure the queue depth", exc)
             if self.held:

@@ -18,6 +18,10 @@ IN_FLIGHT = Gauge("kaihooks_in_flight", "Webhook requests this worker has in fli
 HELD = Gauge("kaihooks_held_deliveries", "Deliveries this worker holds (queued or in flight)")
 SWEPT = Counter("kaihooks_sweeper_reenqueued_total", "Events fanned out by the sweeper after their job was lost")
 ENDPOINTS_DISABLED = Counter("kaihooks_endpoints_disabled_total", "Endpoints disabled automatically", ["reason"])
+ENDPOINT_BACKLOG = Gauge("kaihooks_endpoint_backlog", "Pending deliveries of the endpoints furthest behind",
+                         ["endpoint_id"])
+ENDPOINT_LAG = Gauge("kaihooks_endpoint_lag_seconds", "Age of the oldest pending delivery, same endpoints",
+                     ["endpoint_id"])
 KEY_AUTH_FAILURES = Counter("kaihooks_key_auth_failures_total", "Requests refused for a bad, unknown or revoked key")
 RATE_LIMITED = Counter("kaihooks_rate_limited_total", "Key-authenticated requests refused by the rate limit")
 

@@ -45,7 +45,7 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
     key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
     port = free_port()
     env = process_env(settings, KAIHOOKS_METRICS_PORT=str(port), KAIHOOKS_LISTEN_HOST="127.0.0.1",
-                      KAIHOOKS_WORKER_POLL_S="0.05")
+                      KAIHOOKS_WORKER_POLL_S="0.05", KAIHOOKS_LEASE_S="3", KAIHOOKS_DELIVERY_TIMEOUT="1")
     worker = subprocess.Popen([sys.executable, "-m", "dispatcher"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -67,6 +67,20 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
                 await asyncio.sleep(0.1)
             assert sample(text, "kaihooks_attempt_duration_seconds_count", '{result="2xx"}') >= 3
             assert "kaihooks_queue_depth" in text
+            # An endpoint falling behind shows up with its backlog and lag.
+            r = await api.post(f"{tenant.path}/webhook-endpoints", key=key, json={"url": receiver.url("/hang")})
+            behind = r.body["id"]
+            await publish(api, {"events": [event(tenant.business_id) for _ in range(30)]})
+            label = f'{{endpoint_id="{behind}"}}'
+            deadline = time.monotonic() + 20
+            while True:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                if sample(text, "kaihooks_endpoint_backlog", label) >= 1:
+                    break
+                assert time.monotonic() < deadline, text[-2000:]
+                await asyncio.sleep(0.2)
+            assert sample(text, "kaihooks_endpoint_lag_seconds", label) >= 0
     finally:
         worker.terminate()
         assert await asyncio.to_thread(worker.wait, 15) == 0

@@ -53,3 +53,12 @@ async def of_endpoints(db: Executor, endpoint_ids: Sequence[uuid.UUID]) -> dict[
             last_failure_at=f["started_at"] if f else None,
         )
     return out
+
+
+async def most_behind(db: Executor, limit: int = 50) -> list[tuple[uuid.UUID, int, float]]:
+    """The endpoints with the most pending deliveries: (id, backlog, lag in seconds)."""
+    rows = await db.fetch(
+        """SELECT endpoint_id, count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS lag_s
+           FROM deliveries WHERE status = 'pending' GROUP BY endpoint_id ORDER BY pending DESC LIMIT $1""",
+        limit)
+    return [(r["endpoint_id"], r["pending"], float(r["lag_s"])) for r in rows]
