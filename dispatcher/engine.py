@@ -411,7 +411,8 @@ class Engine:
             del self.lanes[endpoint_id]
 
     async def _export_endpoint_health(self) -> None:
-        """Backlog and lag of the endpoints furthest behind, as metrics (bounded label set)."""
+        """Endpoint health as metrics (bounded label sets): backlog and lag of the endpoints furthest behind,
+        success rate and p95 over the last hour of the busiest."""
         behind = await health_repo.most_behind(self.db)
         metrics.ENDPOINT_BACKLOG.clear()
         metrics.ENDPOINT_LAG.clear()
@@ -419,6 +420,13 @@ class Engine:
             label = ids.encode("ep", endpoint_id)
             metrics.ENDPOINT_BACKLOG.labels(label).set(backlog)
             metrics.ENDPOINT_LAG.labels(label).set(lag_s)
+        busiest = await health_repo.busiest(self.db)
+        metrics.ENDPOINT_SUCCESS.clear()
+        metrics.ENDPOINT_P95.clear()
+        for endpoint_id, ok, p95_ms in busiest:
+            label = ids.encode("ep", endpoint_id)
+            metrics.ENDPOINT_SUCCESS.labels(label).set(ok)
+            metrics.ENDPOINT_P95.labels(label).set(p95_ms / 1000)
 
     async def _heartbeat_loop(self) -> None:
         while True:

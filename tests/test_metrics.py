@@ -52,6 +52,7 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
         async with running_receiver() as receiver, aiohttp.ClientSession() as http:
             r = await api.post(f"{tenant.path}/webhook-endpoints", key=key, json={"url": receiver.url("/ok")})
             assert r.status == 201
+            r_ok = r.body["id"]
             await publish(api, {"events": [event(tenant.business_id) for _ in range(3)]})
             await receiver.wait_for(3, "/ok", timeout_s=20)
             deadline = time.monotonic() + 20
@@ -81,6 +82,9 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
                 assert time.monotonic() < deadline, text[-2000:]
                 await asyncio.sleep(0.2)
             assert sample(text, "kaihooks_endpoint_lag_seconds", label) >= 0
+            healthy = f'{{endpoint_id="{r_ok}"}}'
+            assert sample(text, "kaihooks_endpoint_success_ratio", healthy) == 1.0
+            assert 0 <= sample(text, "kaihooks_endpoint_p95_seconds", healthy) < 1
     finally:
         worker.terminate()
         assert await asyncio.to_thread(worker.wait, 15) == 0

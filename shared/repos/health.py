@@ -62,3 +62,14 @@ async def most_behind(db: Executor, limit: int = 50) -> list[tuple[uuid.UUID, in
            FROM deliveries WHERE status = 'pending' GROUP BY endpoint_id ORDER BY pending DESC LIMIT $1""",
         limit)
     return [(r["endpoint_id"], r["pending"], float(r["lag_s"])) for r in rows]
+
+
+async def busiest(db: Executor, limit: int = 50) -> list[tuple[uuid.UUID, float, int]]:
+    """The endpoints with the most attempts in the last hour: (id, success rate, p95 ms)."""
+    rows = await db.fetch(
+        f"""SELECT endpoint_id, count(*) FILTER (WHERE response_status BETWEEN 200 AND 299)::float / count(*) AS ok,
+                   percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms
+            FROM attempts WHERE started_at > now() - interval '{WINDOW}'
+            GROUP BY endpoint_id ORDER BY count(*) DESC LIMIT $1""",
+        limit)
+    return [(r["endpoint_id"], r["ok"], r["p95_ms"]) for r in rows]
