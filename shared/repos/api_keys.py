@@ -11,7 +11,7 @@ import asyncpg
 from shared import ids
 from shared.models import ApiKey
 from shared.pagination import Page, Position, paginate
-from shared.repos import Executor
+from shared.repos import Executor, newest_first
 
 _COLUMNS = "id, business_id, name, display_prefix, last4, scopes, created_at, expires_at, last_used_at"
 
@@ -45,18 +45,8 @@ async def create(
 async def list_page(
     db: Executor, business_id: uuid.UUID, limit: int, after: Position | None
 ) -> Page[ApiKey]:
-    if after is None:
-        rows = await db.fetch(
-            f"""SELECT {_COLUMNS} FROM api_keys WHERE business_id = $1
-                ORDER BY created_at DESC, id DESC LIMIT $2""",
-            business_id, limit + 1,
-        )
-    else:
-        rows = await db.fetch(
-            f"""SELECT {_COLUMNS} FROM api_keys WHERE business_id = $1 AND (created_at, id) < ($3, $4)
-                ORDER BY created_at DESC, id DESC LIMIT $2""",
-            business_id, limit + 1, after.created_at, after.as_uuid(),
-        )
+    sql, args = newest_first(f"SELECT {_COLUMNS} FROM api_keys", [("business_id = {}", business_id)], limit, after)
+    rows = await db.fetch(sql, *args)
     return paginate([_key(r) for r in rows], limit, lambda k: Position(k.created_at, str(k.id)))
 
 

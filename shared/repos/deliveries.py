@@ -11,7 +11,7 @@ import asyncpg
 
 from shared.models import DeliveryStatus, Trigger
 from shared.pagination import Page, Position, paginate
-from shared.repos import Executor, notices
+from shared.repos import Executor, newest_first, notices
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,19 +213,11 @@ _COLUMNS = """id, event_id, endpoint_id, event_type, status, attempt_count, next
 async def list_for_endpoint(
     db: Executor, endpoint_id: uuid.UUID, limit: int, after: Position | None, status: str | None
 ) -> Page[asyncpg.Record]:
-    conditions = ["endpoint_id = $1"]
-    args: list[object] = [endpoint_id, limit + 1]
+    filters: list[tuple[str, object]] = [("endpoint_id = {}", endpoint_id)]
     if status is not None:
-        args.append(status)
-        conditions.append(f"status = ${len(args)}")
-    if after is not None:
-        args += [after.created_at, after.as_uuid()]
-        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
-    rows = await db.fetch(
-        f"""SELECT {_COLUMNS} FROM deliveries WHERE {' AND '.join(conditions)}
-            ORDER BY created_at DESC, id DESC LIMIT $2""",
-        *args,
-    )
+        filters.append(("status = {}", status))
+    sql, args = newest_first(f"SELECT {_COLUMNS} FROM deliveries", filters, limit, after)
+    rows = await db.fetch(sql, *args)
     return paginate(list(rows), limit, lambda r: Position(r["created_at"], str(r["id"])))
 
 

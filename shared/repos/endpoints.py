@@ -13,7 +13,7 @@ import asyncpg
 from shared import ids
 from shared.models import Endpoint
 from shared.pagination import Page, Position, paginate
-from shared.repos import Executor
+from shared.repos import Executor, newest_first
 from shared.secrets_box import Sealed
 
 _COLUMNS = "id, business_id, url, description, event_types, enabled, disabled_reason, created_at, updated_at"
@@ -46,16 +46,8 @@ async def add_secret(db: Executor, endpoint_id: uuid.UUID, secret: Sealed) -> No
 
 
 async def list_page(db: Executor, business_id: uuid.UUID, limit: int, after: Position | None) -> Page[Endpoint]:
-    args: list[object] = [business_id, limit + 1]
-    keyset = ""
-    if after is not None:
-        args += [after.created_at, after.as_uuid()]
-        keyset = "AND (created_at, id) < ($3, $4)"
-    rows = await db.fetch(
-        f"""SELECT {_COLUMNS} FROM endpoints WHERE business_id = $1 {keyset}
-            ORDER BY created_at DESC, id DESC LIMIT $2""",
-        *args,
-    )
+    sql, args = newest_first(f"SELECT {_COLUMNS} FROM endpoints", [("business_id = {}", business_id)], limit, after)
+    rows = await db.fetch(sql, *args)
     return paginate([_endpoint(r) for r in rows], limit, lambda e: Position(e.created_at, str(e.id)))
 
 

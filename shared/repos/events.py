@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.pagination import Page, Position, paginate
-from shared.repos import Executor
+from shared.repos import Executor, newest_first
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +51,11 @@ _COLUMNS = "id, business_id, type, data::text AS data_json, occurred_at, created
 async def list_page(
     db: Executor, business_id: uuid.UUID, limit: int, after: Position | None, event_type: str | None
 ) -> Page[EventRow]:
-    conditions = ["business_id = $1", "type <> 'webhook.test'"]
-    args: list[object] = [business_id, limit + 1]
+    filters: list[tuple[str, object]] = [("business_id = {}", business_id), ("type <> 'webhook.test'", None)]
     if event_type is not None:
-        args.append(event_type)
-        conditions.append(f"type = ${len(args)}")
-    if after is not None:
-        args += [after.created_at, after.as_uuid()]
-        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
-    rows = await db.fetch(
-        f"""SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions)}
-            ORDER BY created_at DESC, id DESC LIMIT $2""",
-        *args,
-    )
+        filters.append(("type = {}", event_type))
+    sql, args = newest_first(f"SELECT {_COLUMNS} FROM events", filters, limit, after)
+    rows = await db.fetch(sql, *args)
     return paginate([EventRow(**r) for r in rows], limit, lambda e: Position(e.created_at, str(e.id)))
 
 

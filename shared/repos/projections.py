@@ -12,7 +12,7 @@ from datetime import datetime
 
 from shared.events import Kind
 from shared.pagination import Page, Position, paginate
-from shared.repos import Executor
+from shared.repos import Executor, newest_first
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,30 +37,16 @@ async def list_page(
     db: Executor, kind: Kind, business_id: uuid.UUID, limit: int, after: Position | None,
     calls: CallFilter | None = None,
 ) -> Page[Item]:
-    conditions = ["business_id = $1"]
-    args: list[object] = [business_id, limit + 1]
-
-    def arg(value: object) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    filters: list[tuple[str, object]] = [("business_id = {}", business_id)]
     if kind == "agents":
-        conditions.append("NOT deleted")
+        filters.append(("NOT deleted", None))
     if calls is not None:
-        if calls.status is not None:
-            conditions.append(f"status = {arg(calls.status)}")
-        if calls.agent_id is not None:
-            conditions.append(f"agent_id = {arg(calls.agent_id)}")
-        if calls.since is not None:
-            conditions.append(f"started_at >= {arg(calls.since)}")
-        if calls.until is not None:
-            conditions.append(f"started_at < {arg(calls.until)}")
-    if after is not None:
-        conditions.append(f"(created_at, id) < ({arg(after.created_at)}, {arg(after.id)})")
-    rows = await db.fetch(
-        f"SELECT {_ITEM} FROM {kind} WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, id DESC LIMIT $2",
-        *args,
-    )
+        for expression, value in (("status = {}", calls.status), ("agent_id = {}", calls.agent_id),
+                                  ("started_at >= {}", calls.since), ("started_at < {}", calls.until)):
+            if value is not None:
+                filters.append((expression, value))
+    sql, args = newest_first(f"SELECT {_ITEM} FROM {kind}", filters, limit, after, uuid_ids=False)
+    rows = await db.fetch(sql, *args)
     return paginate([Item(*r) for r in rows], limit, lambda i: Position(i.created_at, i.id))
 
 
