@@ -16,8 +16,8 @@ from api.problems import problem_middleware
 from api.routes import account, api_keys, events_internal, internal, reads, system, webhooks
 from api.routing import install
 from api.security import security_headers_middleware
+from shared import redis_client
 from shared.db import create_pool
-from shared.queue import connect_queue
 from shared.settings import Settings
 
 ROUTE_GROUPS = [system.routes, account.routes, api_keys.routes, reads.routes, webhooks.routes, internal.routes,
@@ -31,7 +31,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = connect_queue(app[SETTINGS])
+    app[REDIS] = redis_client.connect(app[SETTINGS])
     yield
     await app[REDIS].aclose(close_connection_pool=True)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from api.keyauth import KeyVerifier
 from api.pagecache import PageCache
@@ -14,7 +14,7 @@ from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
-REDIS = web.AppKey("redis", ArqRedis)
+REDIS = web.AppKey("redis", Redis)
 KEYS: web.AppKey[KeyVerifier] = web.AppKey("key_verifier")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 PAGES: web.AppKey[PageCache] = web.AppKey("pages")

@@ -156,7 +156,7 @@ async def _sql(ctx: Context, *statements: str) -> list[Any]:
 
 
 def reset_state(ctx: Context) -> None:
-    """Every delivery scenario starts with no events, deliveries or attempts, and an empty arq queue."""
+    """Every delivery scenario starts with no events, deliveries or attempts, and an empty Redis db."""
     asyncio.run(_sql(ctx, "TRUNCATE events, calls, deliveries, attempts CASCADE"))
     client = redis.Redis.from_url(ctx.redis_url)
     try:
@@ -583,8 +583,8 @@ def check_delivered(receiver: Receiver, tally: Tally, groups: list[str], drain_s
 
 
 def latency_split(receiver: Receiver, group: str, t0: float, t1: float, tally: Tally) -> dict[str, Any]:
-    """Publish → receipt of the window's deliveries cut in two: publish → the API's 202 (validation,
-    commit, arq enqueue) and 202 → receipt (the worker noticing the job, fan-out, signing, the POST)."""
+    """Publish → receipt of the window's deliveries cut in two: publish → the API's 202 (validation, the
+    commit that also fans out) and 202 → receipt (the worker notified, the claim, signing, the POST)."""
     query = urllib.parse.urlencode({"group": group, "since_ns": int(t0 * 1e9), "until_ns": int(t1 * 1e9)})
     api, after = [], []
     for received, latency in _http(receiver.port, "GET", f"/_bench/raw?{query}"):

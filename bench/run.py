@@ -170,10 +170,10 @@ def main() -> int:
     for result in results:
         sections[str(result["id"])] = report.section(result, run, path)
         print(f"\n### {result['id']}: {result['title']}\n\n{report.table(result)}")
-        if "profile" in result:
-            process = result["profile"].get("process", "api")
-            print(f"\nProfile of the {process} process under load ({result['profile']['collapsed_stacks']}):\n")
-            print(profiling.markdown(result["profile"]))
+        for prof in result.get("profiles", [result["profile"]] if "profile" in result else []):
+            process = prof.get("process", "api")
+            print(f"\nProfile of the {process} process under load ({prof['collapsed_stacks']}):\n")
+            print(profiling.markdown(prof))
     print(f"\nresults: {path.relative_to(setup_env.ROOT)} ({run['duration_s']} s)")
     if args.quick or args.set:
         say(f"{'--quick' if args.quick else '--set'}: BENCHMARKS.md left as it was")

@@ -5,8 +5,9 @@ Same setup as P1 (its 200 businesses x 1 endpoint, the API, one worker, the rece
 queue). The runner publishes open loop at half the rate P1 measured in this run: every INTERVAL_S a batch
 of the events due by then (so about rate x INTERVAL_S events per batch, round-robin over the 200
 businesses; at most 16 batches in flight). Each event's data carries ``sent_at_ns``, taken just before
-its batch is encoded and POSTed, so the latency covers the whole path: the API's validation and commit,
-the arq enqueue, the worker noticing the job, fan-out, signing, the POST. The receiver computes receipt -
+its batch is encoded and POSTed, so the latency covers the whole path: the API's validation and commit
+(events, projections and deliveries in one statement), the worker being notified and claiming them,
+signing, the POST. The receiver computes receipt -
 sent_at_ns (same clock, same box) for every delivery received in the window. Afterwards every
 acknowledged event must have arrived once, signed right.
 """
@@ -30,8 +31,8 @@ INTERVAL_S = 0.02  # one publish request every 20 ms (50 batches/s)
 
 def timing(quick: bool) -> dict[str, float]:
     if quick:
-        return {"warmup_s": 2.0, "duration_s": 6.0, "drain_s": 15.0}
-    return {"warmup_s": 3.0, "duration_s": 20.0, "drain_s": 20.0}
+        return {"warmup_s": 2.0, "duration_s": 6.0, "drain_s": 15.0, "profile_s": 8.0}
+    return {"warmup_s": 3.0, "duration_s": 20.0, "drain_s": 20.0, "profile_s": 12.0}
 
 
 def paced_window(ctx: Context, world: delivery.World, api_port: int, groups: dict[str, list[int]], rate: float,
@@ -58,6 +59,12 @@ def run(ctx: Context) -> dict[str, Any]:
         stats = receiver.stats(GROUP, int(t0 * 1e9), int(t1 * 1e9))
         split = delivery.latency_split(receiver, GROUP, t0, t1, tally)
         problems, drained_s = delivery.check_delivered(receiver, tally, [GROUP], t["drain_s"])
+        profiles = []
+        if ctx.profile:  # the worker, then the API, each under the same paced load
+            for name, pid in (("worker", worker.pid), ("api", api.pid)):
+                profiles.append(common.profile(
+                    ctx, ID, pid, t["profile_s"], process=name,
+                    load=lambda seconds: paced_window(ctx, world, api_port, {}, rate, 0.0, seconds)))
 
     app = delivery.row(f"kaihooks at half of P1's rate ({rate:,.0f} events/s offered)", stats, used,
                        t["duration_s"], errors=len(tally.errors) + len(problems), samples=problems + tally.errors)
@@ -65,7 +72,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.shared["P2"] = {"rate": rate, "row": app, "split": split}
     p50, p99 = app["p50_ms"], app["p99_ms"]
     per_batch = rate * INTERVAL_S
-    return {
+    result: dict[str, Any] = {
         "id": ID,
         "title": TITLE,
         "rows": [limit, app],
@@ -104,6 +111,9 @@ def run(ctx: Context) -> dict[str, Any]:
             "full load (send → receipt). Every acknowledged event arrived once, signed right, checked afterwards."
         ),
     }
+    if profiles:
+        result["profiles"] = profiles
+    return result
 
 
 def _ms(ordered: list[float], q: float) -> float | None:

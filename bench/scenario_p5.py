@@ -2,16 +2,16 @@
 ``executemany`` of the same rows (quality target P5: ≥ 0.3 x the baseline).
 
 Setup: 200 businesses (made with the project's code), one API process (``python -m
-api``), no dispatcher worker (its fan-out jobs wait in Redis: ingest is what is
-measured), and a scratch table ``bench_events`` with the definition of ``events``
+api``), no dispatcher worker and no webhook endpoints (ingest is what is measured),
+and a scratch table ``bench_events`` with the definition of ``events``
 (``LIKE events INCLUDING ALL``, so the same indexes, plus the same foreign key to
 ``businesses``).
 
 Each batch is 500 events over the 200 businesses: 250 ``call.started`` for new calls
 and 250 ``call.completed`` for the calls started ``LAG`` batches earlier, about 1 KiB of
 ``data`` each (``callgen``), each with its own idempotency key. The app validates them,
-inserts the events and upserts the ``calls`` projection in one transaction, then
-enqueues one arq job; a 202 counts as 500 accepted events only if it names 500
+inserts the events (and their deliveries: none, no endpoint exists) and upserts the
+``calls`` projection in one statement; a 202 counts as 500 accepted events only if it names 500
 distinct ids, none a duplicate. The baseline inserts the same rows (id, business_id,
 type, data as jsonb, idempotency_key, occurred_at) with ``executemany``, 500 per call,
 one connection per publisher, in its own transaction like the app's.
@@ -19,7 +19,7 @@ one connection per publisher, in its own transaction like the app's.
 The concurrency (publishers) is the app's best of CANDIDATES; the baseline gets the
 same. Rounds alternate (baseline, app, ...); both tables are emptied and checkpointed
 before every window so each starts from the same state. After each window the row
-count must equal what was acknowledged, and arq must hold one job per app batch.
+count must equal what was acknowledged.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import callgen
 import common
 import loadgen
 import orjson
-import redis
 from setup_env import Context
 
 ID = "P5"
@@ -52,7 +51,6 @@ LAG = 32  # a call started in batch n completes in batch n + LAG (never in a bat
 CANDIDATES = (2, 4, 8)
 QUICK_CONCURRENCY = 4
 MAX_BATCHES = 4_000  # per window: the count bound (2M events)
-ARQ_QUEUE = "arq:queue"  # arq's default queue, where shared.queue enqueues fan-out jobs
 STARTED, COMPLETED = "SSSSSSSS", "CCCCCCCC"  # batch-number placeholders in the templates
 
 _INSERT = """INSERT INTO bench_events (id, business_id, type, data, idempotency_key, occurred_at)
@@ -164,14 +162,6 @@ def _count(ctx: Context, table: str) -> int:
     return int(asyncio.run(_sql(ctx, f"SELECT count(*) FROM {table}"))[0])
 
 
-def _queued_jobs(ctx: Context) -> int:
-    client = redis.Redis.from_url(ctx.redis_url)
-    try:
-        return int(client.zcard(ARQ_QUEUE))  # type: ignore[arg-type]
-    finally:
-        client.close()
-
-
 # --- the two loads ---------------------------------------------------------------------------------------------
 
 class Tally:
@@ -260,13 +250,10 @@ def run(ctx: Context) -> dict[str, Any]:
             """One window on empty tables, then check that what was acknowledged is stored (and queued)."""
             _empty_tables(ctx)
             tally = Tally()
-            jobs_before = _queued_jobs(ctx)
             if name == "app":
                 measured = _app_window(ctx, url, batches, counters["app"], concurrency, warmup_s, duration_s,
                                        watch, tally)
-                stored, jobs = _count(ctx, "events"), _queued_jobs(ctx) - jobs_before
-                if jobs != tally.batches:
-                    problems[name].append(f"{tally.batches} batches acknowledged but {jobs} fan-out jobs queued")
+                stored = _count(ctx, "events")
             else:
                 measured = _bare_window(ctx, batches, counters["bare"], concurrency, warmup_s, duration_s, watch,
                                         tally)
@@ -335,9 +322,9 @@ def run(ctx: Context) -> dict[str, Any]:
             f"and {BATCH // 2} `call.completed` (of calls started {LAG} batches earlier), "
             f"{batches.data_bytes:,} bytes of `data` each on average, each with an idempotency key "
             f"({len(batches.body):,}-byte request). Every 202 checked ({BATCH} distinct ids, none a duplicate); "
-            "after each window the stored rows equal the acknowledged events and arq holds one fan-out job per "
-            "batch (no dispatcher worker runs). The app does, per batch, one transaction: business check, "
-            "`INSERT … SELECT unnest(…)` into `events`, upsert of the `calls` projection; then the arq enqueue. "
+            "after each window the stored rows equal the acknowledged events (no dispatcher worker runs, no endpoint "
+            "exists). The app does, per batch, one statement: `INSERT … SELECT unnest(…)` into `events`, the "
+            "fan-out into `deliveries` (empty here), upsert of the `calls` projection. "
             f"The baseline: `executemany` of the same {BATCH} rows (id, business_id, type, data::jsonb, "
             "idempotency_key, occurred_at) into `bench_events` (`LIKE events INCLUDING ALL` plus the same "
             "foreign key), one connection per publisher, from the runner process (its CPU is `client`). "

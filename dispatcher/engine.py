@@ -1,9 +1,10 @@
 """The delivery engine of one worker process.
 
-Deliveries reach it in batches (from a fan-out job, or claimed from Postgres when due),
-each leased to this worker. Every endpoint has its own lane: a queue, a cap on requests
-in flight, and a circuit breaker. A slow or dead endpoint therefore fills only its own
-lane; the global slots stay free for the healthy ones. Outcomes go to the batched writer.
+Deliveries reach it in batches claimed from Postgres (due, and leased to this worker): at once when
+Postgres notifies that new ones are due (events are fanned out as they are stored), and at every
+poll. Every endpoint has its own lane: a queue, a cap on requests in flight, and a circuit breaker.
+A slow or dead endpoint therefore fills only its own lane; the global slots stay free for the
+healthy ones. Outcomes go to the batched writer.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from shared.settings import Settings
 log = logging.getLogger("kaihooks.dispatcher")
 
 _MAX_CLAIM = 500
-UNFANNED_GRACE_S = 5.0  # a fan-out job normally runs within milliseconds; after this, sweep
+UNFANNED_GRACE_S = 5.0  # events are fanned out as they are stored; any left after this are swept
 SWEEP_EVERY_S = 5.0
+LISTEN_RETRY_S = 2.0
 _MAX_CIRCUIT_OPEN_S = 600.0
 
 
@@ -91,7 +93,8 @@ class Engine:
     # ---- life cycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loops = [asyncio.create_task(c) for c in (self.writer.run(), self._poll_loop(), self._heartbeat_loop())]
+        self._loops = [asyncio.create_task(c) for c in (self.writer.run(), self._poll_loop(), self._heartbeat_loop(),
+                                                        self._listen_loop())]
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """Stop taking work, let sends in flight finish (up to ``grace_s``), hand back the rest."""
@@ -118,22 +121,8 @@ class Engine:
 
     # ---- intake --------------------------------------------------------------------------------
 
-    async def fan_out(self, event_ids: list[uuid.UUID]) -> int:
-        """Create the events' deliveries; send them here if there is room, else leave them due in
-        Postgres for whichever worker has room."""
-        keep = len(self.held) < self.max_held
-        async with self.db.acquire() as conn, conn.transaction():
-            created = await delivery_repo.fan_out(conn, event_ids, self.owner if keep else None,
-                                                  self.settings.lease_s)
-        if created and keep:
-            await self.take(created)
-        return len(created)
-
-    async def take(self, delivery_ids: list[uuid.UUID]) -> None:
-        """Load deliveries leased to this worker and queue them in their lanes."""
-        outbound = await delivery_repo.load_outbound(self.db, delivery_ids, self.owner)
-        endpoint_ids = list({o.endpoint_id for o in outbound})
-        secrets = await endpoint_repo.live_secrets(self.db, endpoint_ids)
+    def take(self, outbound: list[Outbound], secrets: dict[uuid.UUID, list[endpoint_repo.LiveSecret]]) -> None:
+        """Queue deliveries leased to this worker in their lanes and start what the lanes allow."""
         bodies: dict[uuid.UUID, tuple[bytes, str]] = {}
         now = datetime.now(UTC)
         for o in outbound:
@@ -157,7 +146,7 @@ class Engine:
                 continue
             self.held.add(o.id)
             lane.queue.append(Job(o, body, msg_id))
-        for endpoint_id in endpoint_ids:
+        for endpoint_id in {o.endpoint_id for o in outbound}:
             if endpoint_id in self.lanes:
                 self._pump(self.lanes[endpoint_id])
 
@@ -360,21 +349,23 @@ class Engine:
                 if lane.open_until > now or len(lane.queue) >= self._room(lane)]
         claimed = await delivery_repo.claim_due(self.db, self.owner, room, self.settings.lease_s, busy)
         if claimed:
-            await self.take(claimed)
+            secrets = await endpoint_repo.live_secrets(self.db, list({o.endpoint_id for o in claimed}))
+            self.take(claimed, secrets)
         return len(claimed)
 
     async def sweep_unfanned(self) -> int:
-        """Fan out events whose fan-out job never ran (Redis was down or lost it, a worker died)."""
+        """Fan out events stored without their deliveries (by an API process of an older release, during a
+        rolling upgrade). The deliveries are then due like any other."""
         event_ids = await delivery_repo.unfanned_events(self.db, UNFANNED_GRACE_S, 1000)
         if not event_ids:
             return 0
-        created = await self.fan_out(event_ids)
+        created = await delivery_repo.fan_out(self.db, event_ids)
         metrics.SWEPT.inc(len(event_ids))
         log.warning("swept events that missed their fan-out", extra={"events": len(event_ids), "deliveries": created})
         return len(event_ids)
 
     async def _poll_loop(self) -> None:
-        """Claim due deliveries (every ``worker_poll_s``, or when woken) and sweep missed fan-outs.
+        """Claim due deliveries (every ``worker_poll_s``, or at once when woken) and sweep missed fan-outs.
         Needs only Postgres, so deliveries go on while Redis is away."""
         next_sweep = 0.0
         while True:
@@ -393,6 +384,30 @@ class Engine:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _listen_loop(self) -> None:
+        """Hold a connection listening on ``DUE_CHANNEL``: Postgres notifies it when a transaction that made
+        deliveries due now commits, and the poll loop then claims them at once. If the connection is lost,
+        the poll loop's timer still finds everything; listening resumes as soon as Postgres is back."""
+        while True:
+            lost = asyncio.Event()
+
+            def wake(*_: object) -> None:
+                self._wake.set()
+
+            try:
+                async with self.db.acquire() as conn:
+                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    await conn.add_listener(delivery_repo.DUE_CHANNEL, wake)
+                    try:
+                        self._wake.set()  # anything made due while nobody listened
+                        await lost.wait()
+                    finally:
+                        if not conn.is_closed():  # hand the connection back to the pool as it was
+                            await asyncio.shield(conn.remove_listener(delivery_repo.DUE_CHANNEL, wake))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._complain("could not listen for due deliveries (Postgres unavailable?)", exc)
+            await asyncio.sleep(LISTEN_RETRY_S)
 
     def _complain(self, message: str, exc: BaseException, error: bool = False) -> None:
         """Log a failing loop's error once, then at most every 30 s while it keeps failing."""

@@ -1,4 +1,4 @@
-"""arq jobs and crons of the dispatcher. Arguments are ids only; each job is safe to run twice."""
+"""The dispatcher's housekeeping crons (run by arq). Each is safe to run twice."""
 
 from __future__ import annotations
 
@@ -19,18 +19,6 @@ from shared.repos import sessions as session_repo
 from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.dispatcher")
-
-
-async def fan_out(ctx: dict[str, Any], event_ids: list[str]) -> int:
-    """Create and start the deliveries of freshly accepted events (enqueued by the API after commit)."""
-    engine: Engine = ctx["engine"]
-    return await engine.fan_out([uuid.UUID(e) for e in event_ids])
-
-
-async def wake(ctx: dict[str, Any]) -> None:
-    """Look for due deliveries now (enqueued after a retry, a test or a recover)."""
-    engine: Engine = ctx["engine"]
-    await engine.poll_once()
 
 
 async def disable_failing_endpoints(ctx: dict[str, Any]) -> int:

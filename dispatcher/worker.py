@@ -1,5 +1,6 @@
-"""The dispatcher process: the delivery engine (Postgres only) and the arq worker that feeds it
-fan-out jobs, wake-ups and housekeeping crons (Redis). Losing Redis pauses only the arq side."""
+"""The dispatcher process: the delivery engine (Postgres only: it claims due deliveries when notified
+and at every poll) and an arq worker running the housekeeping crons (Redis). Losing Redis pauses only
+the crons."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from arq.worker import Worker
 from dispatcher import http, jobs
 from dispatcher.engine import Engine
 from shared.db import create_pool
-from shared.queue import FAN_OUT, WAKE
 from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.dispatcher")
 
-JOB_GRACE_S = 5.0  # how long running arq jobs (fan-outs: milliseconds) may take to finish at stop
+JOB_GRACE_S = 5.0  # how long running crons may take to finish at stop
 RECONNECT_MAX_S = 10.0
 
 
@@ -54,7 +54,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker`` (the shared resources are passed as ``ctx``)."""
     return {
-        "functions": [jobs.fan_out, jobs.wake],
+        "functions": [],
         "cron_jobs": [
             cron(jobs.disable_failing_endpoints, minute=set(range(0, 60, 10)), second=0, run_at_startup=True),
             cron(jobs.prune_sessions, minute=set(range(0, 60, 10)), second=30),
@@ -115,5 +115,3 @@ async def serve(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | 
     finally:
         await shutdown(ctx)
 
-
-assert FAN_OUT == jobs.fan_out.__name__ and WAKE == jobs.wake.__name__

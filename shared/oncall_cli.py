@@ -19,7 +19,6 @@ import orjson
 from shared import ids, recovery
 from shared.db import create_pool
 from shared.errors import NotFound
-from shared.queue import connect_queue, wake_workers
 from shared.repos import audit
 from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
@@ -149,11 +148,6 @@ async def deliveries_retry(db: asyncpg.Pool, settings: Settings, args: argparse.
     if found < len(wanted):
         missing = [t for t, v in zip(args.ids, wanted, strict=True) if await delivery_repo.get_any(db, v) is None]
         raise NotFound(f"no such delivery: {', '.join(missing)} (the others are queued)")
-    queue = connect_queue(settings)
-    try:
-        await wake_workers(queue)
-    finally:
-        await queue.aclose(close_connection_pool=True)
     print(f"queued {found} delivery(ies) for a retry now")
 
 
@@ -215,13 +209,8 @@ async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse
             print(table(["event type", "count"], sorted(plan.by_event_type.items())))
             print(table(["last response", "count"], sorted(plan.by_last_status.items())))
         return
-    queue = connect_queue(settings)
-    try:
-        job = await recovery.start(db, queue, endpoint_id, since=since, until=until,
-                                   include_missed=args.include_missed, rate_per_s=args.rate, actor=_cli_actor(),
-                                   audit_actor={})
-    finally:
-        await queue.aclose(close_connection_pool=True)
+    job = await recovery.start(db, endpoint_id, since=since, until=until, include_missed=args.include_missed,
+                               rate_per_s=args.rate, actor=_cli_actor(), audit_actor={})
     job_text = ids.encode("rcv", job.id)
     print(f"recover {job_text}: {job.total} delivery(ies) at most {args.rate:g}/s "
           f"(cancel: Ctrl-C, or POST /v1/businesses/…/recover-jobs/{job_text}/cancel)")

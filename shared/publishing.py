@@ -1,5 +1,6 @@
-"""Accepting events: validate all, store all in one transaction (event rows, idempotency,
-projections), then ask the dispatcher to fan them out. 202 means committed."""
+"""Accepting events: validate all, then store all in one transaction: event rows, idempotency,
+projections and the deliveries to every matching endpoint (the workers are notified at commit).
+202 means committed."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from typing import Any
 import asyncpg
 import orjson
 import redis.exceptions as redis_errors
-from arq.connections import ArqRedis
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
-from shared import ids, queue, redis_keys
+from shared import ids, redis_keys
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.events import DATA_MODELS, MAX_DATA_BYTES, CallData, EventIn, Kind, is_deletion, projection_of
 from shared.repos import businesses as business_repo
@@ -91,7 +92,7 @@ def _changes(prepared: Sequence[_Prepared]) -> dict[Kind, list[Change]]:
     return grouped
 
 
-async def bump_data_versions(redis: ArqRedis, business_ids: set[uuid.UUID]) -> None:
+async def bump_data_versions(redis: Redis, business_ids: set[uuid.UUID]) -> None:
     """Tell the API processes these businesses' data changed (their cached read pages are stale).
     If Redis is unreachable, no page is served from cache anyway (the key check needs Redis)."""
     if not business_ids:
@@ -107,7 +108,7 @@ async def bump_data_versions(redis: ArqRedis, business_ids: set[uuid.UUID]) -> N
 
 
 async def publish(
-    db: asyncpg.Pool, redis: ArqRedis, events: Sequence[EventIn], locs: Sequence[list[str | int]]
+    db: asyncpg.Pool, redis: Redis, events: Sequence[EventIn], locs: Sequence[list[str | int]]
 ) -> list[Accepted]:
     """Store the events (all or none) and return, in order, each one's id and whether it was a repeat."""
     prepared = _prepare(events, locs)
@@ -137,8 +138,6 @@ async def publish(
                       if p.event.id not in inserted and p.event.idempotency_key is not None]
         earlier = await event_repo.ids_by_idempotency_key(db, conflicted)
 
-    fresh = [p.event.id for p in unique if p.event.id in inserted]
-    await queue.enqueue_fan_out(redis, fresh)
     await bump_data_versions(redis, {p.event.business_id for p in unique if p.event.id in inserted})
 
     answers: list[Accepted] = []

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from arq.connections import ArqRedis
 
-from shared import ids, queue
+from shared import ids
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models import Endpoint
 from shared.repos import audit
@@ -62,7 +61,7 @@ async def plan(db: asyncpg.Pool, endpoint_id: uuid.UUID, *, since: datetime, unt
     return Plan(len(p.failed) + len(p.missed), len(p.failed), len(p.missed), p.by_event_type, p.by_last_status)
 
 
-async def start(db: asyncpg.Pool, redis: ArqRedis, endpoint_id: uuid.UUID, *, since: datetime,
+async def start(db: asyncpg.Pool, endpoint_id: uuid.UUID, *, since: datetime,
                 until: datetime | None, include_missed: bool, rate_per_s: float, actor: str,
                 audit_actor: dict[str, object], business_id: uuid.UUID | None = None) -> RecoverJob:
     """Start a paced recover run; each delivery is due ``1 / rate_per_s`` seconds after the previous one."""
@@ -86,7 +85,6 @@ async def start(db: asyncpg.Pool, redis: ArqRedis, endpoint_id: uuid.UUID, *, si
                                     "include_missed": include_missed, "actor": actor})
         if total == 0:
             await job_repo.finish(conn, job.id, "done")
-    await queue.wake_workers(redis)
     found = await job_repo.get(db, job.id)
     assert found is not None
     return found

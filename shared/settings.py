@@ -51,9 +51,9 @@ class Settings(BaseSettings):
     disable_after_failing_s: int = Field(5 * 86400, ge=60)
     circuit_failures: int = Field(5, ge=1)  # consecutive failures that open an endpoint's breaker
     circuit_open_s: float = Field(30.0, gt=0)  # how long deliveries to it are deferred, doubling to 10 min
-    worker_poll_s: float = Field(0.5, gt=0)  # how often a worker looks for due retries
-    queue_poll_s: float = Field(0.01, gt=0)  # how often an idle worker checks the arq queue
-    queue_name: str = "arq:queue"  # the arq queue (give each deployment sharing a Redis its own)
+    worker_poll_s: float = Field(0.5, gt=0)  # how often a worker looks for due retries (new work: notified)
+    queue_poll_s: float = Field(0.5, gt=0)  # how often the worker's arq side checks its crons
+    queue_name: str = "arq:queue"  # the arq queue of the crons (give each deployment sharing a Redis its own)
     # Attempts, settled deliveries and events older than this many days are deleted (hourly, in batches).
     retention_days: int = Field(30, ge=1)
     metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0: not served

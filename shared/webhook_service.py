@@ -9,9 +9,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-from arq.connections import ArqRedis
 
-from shared import ids, queue
+from shared import ids
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models import Endpoint
 from shared.repos import audit
@@ -109,18 +108,17 @@ async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.
     return secret
 
 
-async def send_test(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:
+async def send_test(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:
     endpoint = await get_endpoint(db, business_id, endpoint_id)
     if not endpoint.enabled:
         raise Conflict("The endpoint is disabled; enable it before sending a test event.")
     async with db.acquire() as conn, conn.transaction():
         delivery_id = await delivery_repo.create_test(conn, business_id, endpoint_id, ids.new_uuid(),
                                                       orjson.dumps(TEST_DATA).decode())
-    await queue.wake_workers(redis)
     return ids.encode("dlv", delivery_id)
 
 
-async def retry_delivery(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
+async def retry_delivery(db: asyncpg.Pool, business_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
     delivery = await delivery_repo.get(db, business_id, delivery_id)
     if delivery is None:
         raise NotFound("No such delivery.")
@@ -128,4 +126,3 @@ async def retry_delivery(db: asyncpg.Pool, redis: ArqRedis, business_id: uuid.UU
     if endpoint is None or not endpoint.enabled:
         raise Conflict("The endpoint is disabled; enable it before retrying.")
     await delivery_repo.send_now(db, [delivery_id], "retry")
-    await queue.wake_workers(redis)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
+import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,3 +168,18 @@ async def make_tenant(base_url: str, database_url: str, role: str = "owner") -> 
         tenant = Tenant(base_url, database_url, business_id, owner, email, password)
         async with tenant._stack:
             yield tenant
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str,
+                every_s: float = 0.02) -> float:
+    """Poll ``check`` until it holds; the seconds it took, or AssertionError naming ``what``."""
+    start = time.monotonic()
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(every_s)

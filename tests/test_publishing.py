@@ -9,8 +9,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from api.app import create_app
+from shared import ids
+from shared.repos.deliveries import DUE_CHANNEL
 from shared.settings import Settings
-from tests.helpers import INTERNAL_TOKEN, Api, Tenant
+from tests.helpers import INTERNAL_TOKEN, Api, Tenant, until
 
 
 def call(call_id: str = "call_1", **over: Any) -> dict[str, Any]:
@@ -164,9 +166,12 @@ async def test_publishing_needs_an_internal_token(tenant: Tenant, api: Api) -> N
     assert (await api.post("/internal/v1/events", json=event(tenant.business_id))).status == 401
 
 
-async def test_redis_down_still_accepts_and_leaves_the_event_for_the_sweeper(
-    tenant: Tenant, settings: Settings, db: asyncpg.Connection
-) -> None:
+async def test_redis_down_still_accepts_and_fans_out(tenant: Tenant, api: Api, settings: Settings,
+                                                    db: asyncpg.Connection) -> None:
+    """Accepting needs only Postgres: with Redis unreachable the events and their deliveries are stored."""
+    key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
+    ep = await api.post(f"{tenant.path}/webhook-endpoints", key=key, json={"url": "https://a.example.com/"})
+    assert ep.status == 201
     broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     server = TestServer(create_app(broken), host="127.0.0.1")
     await server.start_server()
@@ -176,26 +181,56 @@ async def test_redis_down_still_accepts_and_leaves_the_event_for_the_sweeper(
     finally:
         await server.close()
     assert r.status == 202
-    from shared import ids
-
-    stored = await db.fetch("SELECT id, fanned_out_at FROM events WHERE id = ANY($1::uuid[])",
-                            [ids.decode("evt", e["id"]) for e in r.body["events"]])
+    event_ids = [ids.decode("evt", e["id"]) for e in r.body["events"]]
+    stored = await db.fetch("SELECT id, fanned_out_at FROM events WHERE id = ANY($1::uuid[])", event_ids)
     assert len(stored) == 3
-    assert all(row["fanned_out_at"] is None for row in stored)
+    assert all(row["fanned_out_at"] is not None for row in stored)
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE event_id = ANY($1::uuid[]) AND status = "
+                             "'pending' AND next_attempt_at <= now()", event_ids) == 3
 
 
-async def test_accepted_events_are_enqueued_for_fan_out(tenant: Tenant, api: Api, redis_url: str,
-                                                        settings: Settings) -> None:
-    import redis.asyncio as aredis
+async def test_accepting_creates_the_deliveries_and_notifies_the_workers(tenant: Tenant, api: Api,
+                                                                          database_url: str) -> None:
+    """Fan-out happens in the accepting transaction: one due delivery per matching enabled endpoint, and a
+    notification on the workers' channel once it commits (none when there is nothing to deliver)."""
+    key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
+    base = f"{tenant.path}/webhook-endpoints"
+    every = (await api.post(base, key=key, json={"url": "https://every.example.com/"})).body
+    started = (await api.post(base, key=key, json={"url": "https://s.example.com/",
+                                                   "event_types": ["call.started"]})).body
+    completed = (await api.post(base, key=key, json={"url": "https://c.example.com/",
+                                                     "event_types": ["call.completed"]})).body
+    off = (await api.post(base, key=key, json={"url": "https://off.example.com/"})).body
+    assert (await api.patch(f"{base}/{off['id']}", key=key, json={"enabled": False})).status == 200
 
-    r = await publish(api, {"events": [event(tenant.business_id, data=call(f"q{i}")) for i in range(2)]})
-    first = r.body["events"][0]["id"]
-    client = aredis.Redis.from_url(redis_url)
+    listener = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await listener.add_listener(DUE_CHANNEL, lambda _c, _pid, channel, _payload: heard.append(channel))
     try:
-        assert await client.exists(f"arq:job:fan-out:{first}") == 1
-        assert await client.zscore(settings.queue_name, f"fan-out:{first}") is not None
+        r = await publish(api, {"events": [event(tenant.business_id, data=call(f"n{i}")) for i in range(2)]})
+        assert r.status == 202
+        await until(lambda: len(heard) >= 1, 5, "the workers' channel was notified")
+        event_ids = [ids.decode("evt", e["id"]) for e in r.body["events"]]
+        rows = await listener.fetch("SELECT event_id, endpoint_id, status, lease_owner FROM deliveries "
+                                    "WHERE event_id = ANY($1::uuid[])", event_ids)
+        got = {(row["event_id"], ids.encode("ep", row["endpoint_id"])) for row in rows}
+        assert got == {(e, ep) for e in event_ids for ep in (every["id"], started["id"])}
+        assert all(row["status"] == "pending" and row["lease_owner"] is None for row in rows)
+        assert completed["id"] not in {ep for _, ep in got} and off["id"] not in {ep for _, ep in got}
+
+        # An event no enabled endpoint wants: stored, nothing to deliver, nobody woken.
+        assert (await api.patch(f"{base}/{every['id']}", key=key, json={"enabled": False})).status == 200
+        heard.clear()
+        r = await publish(api, event(tenant.business_id, "lead.created", data={"id": "lead_1", "name": "Ann"}))
+        assert r.status == 202
+        probe = await listener.fetchval("SELECT count(*) FROM deliveries WHERE event_id = $1",
+                                        ids.decode("evt", r.body["events"][0]["id"]))
+        assert probe == 0
+        assert (await publish(api, event(tenant.business_id, data=call("n-last")))).status == 202
+        await until(lambda: len(heard) >= 1, 5, "the next batch with deliveries notified")
+        assert heard == [DUE_CHANNEL]  # one notification per committing batch, and none for the lead
     finally:
-        await client.aclose()
+        await listener.close()
 
 
 @pytest.mark.parametrize("raw, status, code", [

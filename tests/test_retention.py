@@ -11,12 +11,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from dispatcher import jobs
-from shared import ids, redis_keys
+from shared import ids, redis_client, redis_keys
 from shared.db import create_pool
-from shared.queue import connect_queue
 from shared.repos import retention
 from shared.settings import Settings
 from tests.helpers import Api, Tenant
@@ -232,7 +231,7 @@ async def test_the_statements_find_their_rows_through_indexes(db: asyncpg.Connec
 async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     """What arq hands the cron in the dispatcher: the engine (only its pool is used), Redis, settings."""
     pool = await create_pool(settings, min_size=1, max_size=2)
-    redis = connect_queue(settings)
+    redis = redis_client.connect(settings)
     try:
         yield {"engine": SimpleNamespace(db=pool), "redis": redis, "settings": settings}
     finally:
@@ -240,7 +239,7 @@ async def ctx(settings: Settings) -> AsyncIterator[dict[str, Any]]:
         await pool.close()
 
 
-async def data_version(redis: ArqRedis, business_id: str) -> int:
+async def data_version(redis: Redis, business_id: str) -> int:
     value = await redis.get(redis_keys.DATA_VERSION.format(business_id=ids.decode("biz", business_id)))
     return int(value or 0)
 

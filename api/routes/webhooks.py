@@ -7,7 +7,7 @@ import uuid
 from aiohttp import web
 
 from api import auth, render
-from api.context import DB, REDIS, SETTINGS
+from api.context import DB, SETTINGS
 from api.parsing import parse_body, parse_query, read_json, validate
 from api.routing import Routes
 from api.schemas import (
@@ -119,7 +119,7 @@ async def delete_endpoint(request: web.Request) -> web.StreamResponse:
              scope=WRITE, response=TestOut, status=202, errors=(409,))
 async def send_test(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
-    delivery_id = await service.send_test(request.app[DB], request.app[REDIS], access.business_id,
+    delivery_id = await service.send_test(request.app[DB], access.business_id,
                                           _endpoint_id(request))
     return render.json({"delivery_id": delivery_id}, status=202)
 
@@ -172,7 +172,7 @@ async def recover(request: web.Request) -> web.StreamResponse:
                             "by_event_type": plan.by_event_type, "by_last_status": plan.by_last_status})
     actor = auth.actor(request, access)
     job = await recovery.start(
-        request.app[DB], request.app[REDIS], endpoint_id, since=body.since, until=body.until,
+        request.app[DB], endpoint_id, since=body.since, until=body.until,
         include_missed=body.include_missed, rate_per_s=body.rate, actor=_actor_label(access), audit_actor=actor,
         business_id=access.business_id,
     )
@@ -232,5 +232,5 @@ async def get_delivery(request: web.Request) -> web.StreamResponse:
              auth="key_or_session", scope=WRITE, status=202, errors=(409,))
 async def retry_delivery(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
-    await service.retry_delivery(request.app[DB], request.app[REDIS], access.business_id, _delivery_id(request))
+    await service.retry_delivery(request.app[DB], access.business_id, _delivery_id(request))
     return render.json({"status": "pending"}, status=202)

@@ -33,34 +33,42 @@ class Outbound:
     schedule_start: int
 
 
-async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID], owner: str | None,
-                  lease_s: float) -> list[uuid.UUID]:
-    """Create the deliveries of events not yet fanned out (one per matching enabled endpoint), leased to
-    ``owner`` (None: to nobody, due for any worker), and mark the events done. Events another worker
-    is fanning out are skipped."""
-    rows = await db.fetch(
+# Postgres notifies this channel when deliveries become due now (the ingest statement does, at commit);
+# workers listen on it, so a delivery starts without waiting for the next poll.
+DUE_CHANNEL = "kaihooks_due"
+
+
+async def notify_due(db: Executor) -> None:
+    """Tell the workers deliveries are due now (inside a transaction: once it commits)."""
+    await db.execute(f"SELECT pg_notify('{DUE_CHANNEL}', '')")
+
+
+async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID]) -> int:
+    """Create the deliveries, due now, of events not yet fanned out (one per matching enabled endpoint),
+    and mark the events done. Events another transaction is fanning out are skipped. Accepted events are
+    fanned out as they are stored (``shared.repos.ingest``); this is for any that were not."""
+    return await db.fetchval(  # type: ignore[no-any-return]
         """WITH ev AS (
                SELECT id, business_id, type FROM events
                WHERE id = ANY($1::uuid[]) AND fanned_out_at IS NULL
                FOR UPDATE SKIP LOCKED
            ), marked AS (
                UPDATE events e SET fanned_out_at = now() FROM ev WHERE e.id = ev.id
+           ), created AS (
+               INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at)
+               SELECT ev.id, ep.id, ev.business_id, ev.type, now()
+               FROM ev JOIN endpoints ep ON ep.business_id = ev.business_id AND ep.enabled
+                    AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types))
+               ON CONFLICT (event_id, endpoint_id) DO NOTHING
+               RETURNING 1
            )
-           INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at,
-                                   lease_until, lease_owner)
-           SELECT ev.id, ep.id, ev.business_id, ev.type, now(),
-                  CASE WHEN $2::text IS NULL THEN NULL ELSE now() + make_interval(secs => $3) END, $2
-           FROM ev JOIN endpoints ep ON ep.business_id = ev.business_id AND ep.enabled
-                AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types))
-           ON CONFLICT (event_id, endpoint_id) DO NOTHING
-           RETURNING id""",
-        list(event_ids), owner, lease_s,
+           SELECT count(*) FROM created""",
+        list(event_ids),
     )
-    return [r["id"] for r in rows]
 
 
 async def unfanned_events(db: Executor, older_than_s: float, limit: int) -> list[uuid.UUID]:
-    """Events accepted a while ago but never fanned out (Redis was down, a worker died)."""
+    """Events accepted a while ago but never fanned out (stored by an older release, say)."""
     rows = await db.fetch(
         """SELECT id FROM events WHERE fanned_out_at IS NULL
            AND created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2""",
@@ -71,31 +79,28 @@ async def unfanned_events(db: Executor, older_than_s: float, limit: int) -> list
 
 async def claim_due(
     db: Executor, owner: str, limit: int, lease_s: float, skip_endpoints: Sequence[uuid.UUID] = ()
-) -> list[uuid.UUID]:
+) -> list[Outbound]:
     """Lease up to ``limit`` pending deliveries that are due and held by nobody (or by a worker whose
-    lease ran out), oldest due first."""
+    lease ran out), oldest due first; return them with their event and endpoint as they are now (a
+    changed URL applies). One round trip."""
     rows = await db.fetch(
-        """UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3), lease_owner = $2
-           FROM (SELECT id FROM deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= now()
-                   AND (lease_until IS NULL OR lease_until < now())
-                   AND endpoint_id <> ALL($4::uuid[])
-                 ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
-           WHERE d.id = due.id RETURNING d.id""",
-        limit, owner, lease_s, list(skip_endpoints),
-    )
-    return [r["id"] for r in rows]
-
-
-async def load_outbound(db: Executor, delivery_ids: Sequence[uuid.UUID], owner: str) -> list[Outbound]:
-    """The leased deliveries with their event and endpoint as they are now (a changed URL applies)."""
-    rows = await db.fetch(
-        """SELECT d.id, d.event_id, d.event_type, d.business_id, e.occurred_at, e.data::text AS data_json,
+        """WITH claimed AS (
+               UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3), lease_owner = $2
+               FROM (SELECT id FROM deliveries
+                     WHERE status = 'pending' AND next_attempt_at <= now()
+                       AND (lease_until IS NULL OR lease_until < now())
+                       AND endpoint_id <> ALL($4::uuid[])
+                     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+               WHERE d.id = due.id
+               RETURNING d.id, d.event_id, d.event_type, d.business_id, d.endpoint_id, d.attempt_count,
+                         d.next_trigger, d.schedule, d.schedule_start, d.next_attempt_at
+           )
+           SELECT d.id, d.event_id, d.event_type, d.business_id, e.occurred_at, e.data::text AS data_json,
                   d.endpoint_id, ep.url, ep.enabled, d.attempt_count, d.next_trigger AS trigger, d.schedule,
                   d.schedule_start
-           FROM deliveries d JOIN events e ON e.id = d.event_id JOIN endpoints ep ON ep.id = d.endpoint_id
-           WHERE d.id = ANY($1::uuid[]) AND d.lease_owner = $2 AND d.status = 'pending'""",
-        list(delivery_ids), owner,
+           FROM claimed d JOIN events e ON e.id = d.event_id JOIN endpoints ep ON ep.id = d.endpoint_id
+           ORDER BY d.next_attempt_at""",
+        limit, owner, lease_s, list(skip_endpoints),
     )
     return [Outbound(**r) for r in rows]
 
@@ -247,7 +252,10 @@ async def send_now(db: Executor, delivery_ids: Sequence[uuid.UUID], trigger: Tri
            WHERE id = ANY($1::uuid[])""",
         list(delivery_ids), trigger,
     )
-    return int(result.split()[-1])
+    found = int(result.split()[-1])
+    if found:
+        await notify_due(db)
+    return found
 
 
 
@@ -265,6 +273,7 @@ async def create_test(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UU
            VALUES ($1, $2, $3, 'webhook.test', now(), 'test', 'replay') RETURNING id""",
         event_id, endpoint_id, business_id,
     )
+    await notify_due(db)
     return delivery_id
 
 
@@ -331,7 +340,10 @@ async def start_recover(db: Executor, job_id: uuid.UUID, endpoint_id: uuid.UUID,
            ON CONFLICT (event_id, endpoint_id) DO NOTHING""",
         endpoint_id, list(missed_events), spacing, len(failed), job_id,
     )
-    return updated + int(result.split()[-1])
+    total = updated + int(result.split()[-1])
+    if total:
+        await notify_due(db)
+    return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
-"""Accepting a batch of events in one statement: the event rows (skipping repeated idempotency keys)
-and the agents, calls and leads they carry, newest state winning. One statement is one transaction
-and one round trip, whatever the batch size."""
+"""Accepting a batch of events in one statement: the event rows (skipping repeated idempotency keys),
+their deliveries (one per matching enabled endpoint, due now: the fan-out), and the agents, calls and
+leads they carry, newest state winning. One statement is one transaction and one round trip, whatever
+the batch size; when it made deliveries it also notifies the workers (``DUE_CHANNEL``), which Postgres
+does at commit."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.repos import Executor
+from shared.repos.deliveries import DUE_CHANNEL
 from shared.repos.events import NewEvent
 
 
@@ -38,12 +41,18 @@ _NEWEST = """SELECT DISTINCT ON (c.business_id, c.id) c.* FROM {source} WHERE c.
 
 _SQL = f"""
 WITH ins AS (
-    INSERT INTO events (id, business_id, type, data, idempotency_key, occurred_at)
-    SELECT id, business_id, type, data::jsonb, idempotency_key, occurred_at
+    INSERT INTO events (id, business_id, type, data, idempotency_key, occurred_at, fanned_out_at)
+    SELECT id, business_id, type, data::jsonb, idempotency_key, occurred_at, now()
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
          AS e(id, business_id, type, data, idempotency_key, occurred_at)
     ON CONFLICT (business_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id
+    RETURNING id, business_id, type
+), fanned AS (
+    INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at)
+    SELECT ins.id, ep.id, ins.business_id, ins.type, now()
+    FROM ins JOIN endpoints ep ON ep.business_id = ins.business_id AND ep.enabled
+         AND (ep.event_types IS NULL OR ins.type = ANY(ep.event_types))
+    RETURNING 1
 ), agents_up AS (
     INSERT INTO agents AS t (business_id, id, body, deleted, version_at, version_event)
     {_NEWEST.format(source='''unnest($7::uuid[], $8::text[], $9::text[], $10::bool[], $11::timestamptz[],
@@ -72,7 +81,8 @@ WITH ins AS (
         version_event = EXCLUDED.version_event, updated_at = now()
     WHERE {_NEWER}
 )
-SELECT id FROM ins
+SELECT id, (SELECT count(*) FROM (SELECT pg_notify('{DUE_CHANNEL}', '') FROM fanned LIMIT 1) n) AS woke
+FROM ins
 """
 
 
