@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -29,7 +30,6 @@ import asyncpg
 import hypothesis
 import orjson
 import pytest
-import redis
 import requests
 import schemathesis
 from aiohttp.test_utils import TestServer
@@ -48,7 +48,6 @@ from schemathesis.specs.openapi.checks import (
 
 from shared import ids
 from shared.apikeys import SCOPES
-from shared.settings import Settings
 from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, create_business
 
 SESSION_COOKIE = "kaihooks_session"
@@ -75,16 +74,25 @@ def _clear_login_throttle(clear_login_throttle: None) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _leave_no_jobs(redis_url: str, settings: Settings) -> Iterator[None]:
-    """Test sends, retries and fan-outs enqueued here would go to made-up URLs if a later test ran a worker:
-    take this test's jobs off the (test session's) arq queue again."""
-    client = redis.Redis.from_url(redis_url)
-    before = set(client.zrange(settings.queue_name, 0, -1))
+def _leave_no_work(database_url: str) -> Iterator[None]:
+    """Test sends, retries and events made here would go to made-up URLs if a later test ran a worker:
+    settle every delivery this test made due (as failed) once it ends."""
+
+    async def settle(since: datetime | None) -> datetime:
+        conn = await asyncpg.connect(database_url)
+        try:
+            if since is not None:
+                await conn.execute(
+                    """UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_until = NULL,
+                              lease_owner = NULL, last_error = 'test ended'
+                       WHERE status = 'pending' AND (created_at >= $1 OR updated_at >= $1)""", since)
+            return await conn.fetchval("SELECT now()")  # type: ignore[no-any-return]
+        finally:
+            await conn.close()
+
+    started = asyncio.run(settle(None))
     yield
-    for job_id in set(client.zrange(settings.queue_name, 0, -1)) - before:
-        client.zrem(settings.queue_name, job_id)
-        client.delete(b"arq:job:" + job_id)
-    client.close()
+    asyncio.run(settle(started))
 
 
 # ---- the fuzzer ---------------------------------------------------------------
