@@ -159,12 +159,14 @@ async def test_create_an_api_key_as_the_help_page_says(page: Page, tenant: Tenan
     await page.goto("/dashboard")
     await sign_in(page, tenant.owner_email, "not it")
     await expect(page.get_by_role("alert")).to_have_text(wrong.problem["detail"])
+    await screenshot(page, "sign-in.png")
     await page.get_by_label("Password").fill(tenant.password)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("banner")).to_contain_text(tenant.owner_email)
 
     # 1. Go to Dashboard > Settings > API Keys.
     await expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+    await screenshot(page, "dashboard-home.png")
     await page.get_by_role("navigation", name="Settings").get_by_role("link", name="API Keys").click()
     await expect(page).to_have_url(re.compile(re.escape(SETTINGS_PAGE)))
     # 2. Open the API Keys tab.
@@ -188,6 +190,7 @@ async def test_create_an_api_key_as_the_help_page_says(page: Page, tenant: Tenan
     secret = await value.input_value()
     await shown.get_by_role("button", name="Copy").click()
     await expect(shown.get_by_role("status")).to_contain_text("Copied")
+    await screenshot(page, "api-keys-tab-new-key.png")
     assert await page.evaluate("navigator.clipboard.readText()") == secret
 
     # 5. The key works from server-side code, for this business.
@@ -273,6 +276,36 @@ async def test_tabs_work_from_the_keyboard_and_focus_is_visible(page: Page, tena
     await expect(hooks_tab).to_be_focused()
     outline = await hooks_tab.evaluate("el => [getComputedStyle(el).outlineStyle, getComputedStyle(el).outlineWidth]")
     assert outline[0] == "solid" and outline[1] != "0px", outline
+
+
+async def test_the_business_selector_switches_between_memberships(
+    page: Page, tenant: Tenant, base_url: str, database_url: str
+) -> None:
+    # The tenant's owner is also a member of a second business, which has a key of its own.
+    other = await create_business(base_url, "Bayside Electric")
+    await create_user(database_url, tenant.owner_email, tenant.password, [other], "member")
+    other_owner = f"owner-{secrets.token_hex(4)}@example.test"
+    await create_user(database_url, other_owner, tenant.password, [other], "owner")
+    async with Api(base_url) as bayside:
+        assert (await bayside.login(other_owner, tenant.password)).status == 200
+        assert (await bayside.post(f"/v1/businesses/{other}/api-keys", json={"name": "Bayside key"})).status == 201
+    await tenant.create_key(name="Acme key")
+
+    await open_settings_via_dashboard(page, tenant.owner_email, tenant.password)
+    business, panel = page.get_by_label("Business"), keys_panel(page)
+    await business.select_option(label="Acme Plumbing")
+    await expect(panel.get_by_role("row", name=re.compile("Acme key"))).to_be_visible()
+    await expect(panel.get_by_role("button", name="Create key")).to_be_visible()
+    await business.select_option(label="Bayside Electric")
+    await expect(panel.get_by_role("row", name=re.compile("Bayside key"))).to_be_visible()
+    await expect(panel.get_by_role("row", name=re.compile("Acme key"))).to_have_count(0)
+    await expect(panel.get_by_role("button", name="Create key")).to_have_count(0)
+    await expect(page.get_by_text("Your role: member")).to_be_visible()
+    # The choice is in the URL (an id, not a secret), so a reload keeps it.
+    await expect(page).to_have_url(re.compile(f"business={other}"))
+    await page.reload()
+    await expect(business).to_have_value(other)
+    await expect(panel.get_by_role("row", name=re.compile("Bayside key"))).to_be_visible()
 
 
 # ---- the help page: Configure Outbound Webhooks -----------------------------------------------------

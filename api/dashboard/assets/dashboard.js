@@ -204,7 +204,12 @@
   function safeNext() {
     const next = new URLSearchParams(location.search).get("next");
     if (!next) return null;
-    const url = new URL(next, location.origin);
+    let url;
+    try {
+      url = new URL(next, location.origin);
+    } catch {
+      return null;
+    }
     const inside = url.pathname === "/dashboard" || url.pathname.startsWith("/dashboard/");
     return url.origin === location.origin && inside ? url.pathname + url.search + url.hash : null;
   }
