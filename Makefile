@@ -22,6 +22,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
+chaos: $(STAMP)
+	$(BIN)/python chaos/run.py $(if $(QUICK),--quick,)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy

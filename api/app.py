@@ -10,6 +10,7 @@ from aiohttp import web
 
 from api import openapi
 from api.context import DB, KEYS, OPENAPI, PAGES, REDIS, SETTINGS
+from api.dashboard import routes as dashboard
 from api.keyauth import KeyVerifier
 from api.pagecache import PageCache
 from api.problems import problem_middleware
@@ -21,7 +22,7 @@ from shared.db import create_pool
 from shared.settings import Settings
 
 ROUTE_GROUPS = [system.routes, account.routes, api_keys.routes, reads.routes, webhooks.routes, internal.routes,
-                events_internal.routes]
+                events_internal.routes, dashboard.routes]
 
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:

@@ -36,6 +36,12 @@ _DETAILS = {
 # Postgres or Redis out of reach: the request may be retried, so 503 rather than 500.
 _UNAVAILABLE = (
     OSError,
+    # Postgres shutting down or crashing under a pooled connection. asyncpg then may also report the
+    # broken connection as an InternalClientError ("cannot switch to state …; another operation is in
+    # progress"), raised before the statement is sent: nothing was written, a retry is safe.
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,

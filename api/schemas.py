@@ -85,6 +85,8 @@ class MeOut(BaseModel):
     api_key: KeyBrief | None = None
     user: UserOut | None = None
     memberships: list[MembershipOut] | None = None
+    csrf_token: str | None = Field(
+        default=None, description="Sessions only: the session's X-CSRF-Token value, for a page loaded after sign-in")
 
 
 def user_out(u: User) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Response headers every route gets: no caching of API data, no sniffing, no framing, no CORS."""
+"""Response headers every route gets: no caching of API data, no sniffing, no framing, no CORS.
+
+Dashboard pages get a Content-Security-Policy that allows only the service's own scripts, styles and
+API calls (no inline script or style, no other origin); everything else gets one that allows nothing,
+since a JSON or problem body is never meant to run or load anything in a browser.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,35 @@ _HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+DASHBOARD_PREFIX = "/dashboard"
+DASHBOARD_CSP = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",
+    "form-action 'self'",
+    "base-uri 'none'",
+    "object-src 'none'",
+    "frame-ancestors 'none'",
+])
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+_DASHBOARD_HEADERS = {
+    "Content-Security-Policy": DASHBOARD_CSP,
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
 
 
 @web.middleware
 async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
-    for name, value in _HEADERS.items():
+    extra = _DASHBOARD_HEADERS if _is_dashboard(request.path) else {"Content-Security-Policy": API_CSP}
+    for name, value in (_HEADERS | extra).items():
         response.headers.setdefault(name, value)
     return response

@@ -48,6 +48,8 @@ async def test_me_with_a_session(tenant: Tenant) -> None:
     assert r.body["type"] == "user"
     assert r.body["user"]["email"] == tenant.owner_email
     assert r.body["memberships"][0]["role"] == "owner"
+    # A page loaded after sign-in gets the session's CSRF token here; it is the one sign-in returned.
+    assert r.body["csrf_token"] == tenant.owner.csrf
 
 
 async def test_logout_needs_csrf_then_ends_the_session(tenant: Tenant) -> None:

@@ -58,5 +58,8 @@ async def me(request: web.Request) -> web.StreamResponse:
             "api_key": {"id": key.public_id, "name": key.name, "scopes": list(key.scopes)},
         })
     session = await auth.session(request)
+    # The CSRF token too: a dashboard page loaded after sign-in needs it, and no other origin can read this
+    # answer (no CORS headers are ever sent).
     return render.json({"type": "user", "user": user_out(session.user),
-                        "memberships": memberships_out(await user_repo.memberships(db, session.user.id))})
+                        "memberships": memberships_out(await user_repo.memberships(db, session.user.id)),
+                        "csrf_token": session.csrf_token})
