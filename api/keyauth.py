@@ -25,7 +25,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared import apikeys, metrics, redis_keys
+from shared import apikeys, db, metrics, redis_keys
 from shared.errors import RateLimited, Unauthorized
 from shared.models import ApiKey
 from shared.repos import api_keys as key_repo
@@ -205,7 +205,7 @@ class KeyVerifier:
         used, self._used = self._used, {}
         try:
             await key_repo.touch_many(self._db, used)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except db.ERRORS:
             log.warning("could not record key last use; will retry", exc_info=True)
             for key_id, at in used.items():
                 self._used.setdefault(key_id, at)

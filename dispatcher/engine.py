@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 
 from dispatcher import http
 from dispatcher.writer import ResultWriter
-from shared import ids, metrics, signing
+from shared import db, ids, metrics, signing
 from shared.models import DeliveryStatus
 from shared.repos import audit
 from shared.repos import deliveries as delivery_repo
@@ -112,7 +112,7 @@ class Engine:
         await self.writer.drain(max(1.0, deadline - time.monotonic()))
         try:
             await delivery_repo.release(self.db, self.owner)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except db.ERRORS:
             log.warning("could not release leases on stop; they expire by themselves", exc_info=True)
 
     def wake(self) -> None:
@@ -375,7 +375,7 @@ class Engine:
                     await self.sweep_unfanned()
                 while await self.poll_once() >= _MAX_CLAIM:
                     pass
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.ERRORS as exc:
                 self._complain("could not claim due deliveries (Postgres unavailable?)", exc)
             except Exception as exc:  # this loop must outlive any one bad batch
                 self._complain("unexpected error while claiming due deliveries", exc, error=True)
@@ -405,7 +405,7 @@ class Engine:
                     finally:
                         if not conn.is_closed():  # hand the connection back to the pool as it was
                             await asyncio.shield(conn.remove_listener(delivery_repo.DUE_CHANNEL, wake))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.ERRORS as exc:
                 self._complain("could not listen for due deliveries (Postgres unavailable?)", exc)
             await asyncio.sleep(LISTEN_RETRY_S)
 
@@ -452,10 +452,10 @@ class Engine:
             try:
                 metrics.QUEUE_DEPTH.set(await delivery_repo.due_count(self.db))
                 await self._export_endpoint_health()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except db.ERRORS as exc:
                 self._complain("could not measure the queue depth", exc)
             if self.held:
                 try:
                     await delivery_repo.renew_leases(self.db, list(self.held), self.owner, self.settings.lease_s)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except db.ERRORS as exc:
                     self._complain("could not renew leases", exc)

@@ -9,6 +9,7 @@ import time
 
 import asyncpg
 
+from shared import db
 from shared.repos import deliveries as delivery_repo
 from shared.repos.deliveries import AttemptResult, Deferral
 
@@ -67,12 +68,13 @@ class ResultWriter:
             self._results[:0] = results
             self._deferrals[:0] = deferrals
             raise
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except Exception as exc:  # this writer must outlive any failure: keep the batch and try again
             now = time.monotonic()
             if now - self._last_complaint > 30:  # once, then every 30 s while it lasts
                 self._last_complaint = now
-                log.warning("could not record delivery results; retrying", exc_info=True,
-                            extra={"results": len(results), "deferrals": len(deferrals)})
+                log.log(logging.WARNING if isinstance(exc, db.ERRORS) else logging.ERROR,
+                        "could not record delivery results; retrying", exc_info=True,
+                        extra={"results": len(results), "deferrals": len(deferrals)})
             self._results[:0] = results
             self._deferrals[:0] = deferrals
             await asyncio.sleep(0.5)

@@ -11,9 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
-import asyncpg
-
-from shared import ids, oncall_cli, passwords
+from shared import db, ids, oncall_cli, passwords
 from shared.db import connect
 from shared.errors import KaihooksError
 from shared.migrations import migrate
@@ -130,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
     except KaihooksError as exc:
         _fail(exc.detail)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except db.ERRORS as exc:
         _fail(f"database unavailable or refused the operation: {exc}")
     return 0
 

@@ -12,6 +12,12 @@ from shared.settings import Settings
 Pool = asyncpg.Pool  # asyncpg.Pool[asyncpg.Record]
 Connection = asyncpg.Connection
 
+# What a statement may raise when Postgres is unreachable, restarting or refusing: a loop that must outlive
+# an outage catches these and tries again. (A connection broken by a shutdown mid-statement may surface as
+# asyncpg's InternalClientError, which is neither a PostgresError nor an InterfaceError.)
+ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+          asyncpg.exceptions.InternalClientError)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
@@ -22,8 +28,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def _reset(conn: asyncpg.Connection) -> None:
     # asyncpg's default reset costs a round trip on every release. We leave no session
-    # state behind (no SET, LISTEN or temp tables on pooled connections), so only an
-    # abandoned transaction needs undoing.
+    # state behind (no SET or temp tables on pooled connections; the worker's LISTEN removes
+    # itself before release), so only an abandoned transaction needs undoing.
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
 
