@@ -13,7 +13,7 @@ import orjson
 from shared import ids
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models import Endpoint
-from shared.repos import audit
+from shared.repos import Executor, audit
 from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
 from shared.secrets_box import SecretBox, new_signing_secret
@@ -78,7 +78,7 @@ async def delete_endpoint(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id:
                            target_id=ids.encode("ep", endpoint_id), **actor)
 
 
-async def get_endpoint(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> Endpoint:
+async def get_endpoint(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> Endpoint:
     endpoint = await endpoint_repo.get(db, business_id, endpoint_id)
     if endpoint is None:
         raise NotFound("No such endpoint.")

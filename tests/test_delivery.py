@@ -352,6 +352,6 @@ async def test_notices_tell_the_business_about_disabling_and_exhausted_retries(w
     while not (body := (await world.api.get(one, key=world.key)).body)["notices"][0]["kind"] == "endpoint.disabled":
         assert time.monotonic() < deadline, body
         await _sleep(0.05)
-    assert body["enabled"] is False and "410" in body["notices"][0]["message"]
+    assert body["enabled"] is False and "410" in body["notices"][0]["message"], str(body)
     listed = (await world.api.get(f"{world.tenant.path}/webhook-endpoints", key=world.key)).body["data"]
     assert [n["kind"] for n in listed[0]["notices"]] == ["endpoint.disabled", "delivery.exhausted"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
+import asyncpg
 from aiohttp import web
 
 from api import auth, render
@@ -53,6 +56,14 @@ def _endpoint_id(request: web.Request) -> uuid.UUID:
     return value
 
 
+@contextlib.asynccontextmanager
+async def _snapshot(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
+    """One read-only snapshot for an answer built from several queries (an endpoint, its health and its
+    notices agree with each other even while the dispatcher disables it)."""
+    async with request.app[DB].acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        yield conn
+
+
 async def _write_access(request: web.Request) -> auth.Access:
     return await auth.business_access(request, scope=WRITE, write=True)
 
@@ -63,10 +74,11 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, scope=READ)
     q = parse_query(request, ListQuery)
     after = decode_cursor(q.cursor) if q.cursor else None
-    page = await endpoint_repo.list_page(request.app[DB], access.business_id, parse_limit(q.limit), after)
-    endpoint_ids = [e.id for e in page.items]
-    health = await health_repo.of_endpoints(request.app[DB], endpoint_ids)
-    notes = await notices.recent(request.app[DB], endpoint_ids)
+    async with _snapshot(request) as conn:
+        page = await endpoint_repo.list_page(conn, access.business_id, parse_limit(q.limit), after)
+        endpoint_ids = [e.id for e in page.items]
+        health = await health_repo.of_endpoints(conn, endpoint_ids)
+        notes = await notices.recent(conn, endpoint_ids)
     return render.page([endpoint_out(e, health.get(e.id), notes.get(e.id, [])) for e in page.items],
                        page.next_cursor)
 
@@ -86,9 +98,10 @@ async def create_endpoint(request: web.Request) -> web.StreamResponse:
 @routes.get(ONE, summary="One endpoint", auth="key_or_session", scope=READ, response=EndpointOut)
 async def get_endpoint(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, scope=READ)
-    endpoint = await service.get_endpoint(request.app[DB], access.business_id, _endpoint_id(request))
-    health = await health_repo.of_endpoints(request.app[DB], [endpoint.id])
-    notes = await notices.recent(request.app[DB], [endpoint.id])
+    async with _snapshot(request) as conn:
+        endpoint = await service.get_endpoint(conn, access.business_id, _endpoint_id(request))
+        health = await health_repo.of_endpoints(conn, [endpoint.id])
+        notes = await notices.recent(conn, [endpoint.id])
     return render.json(endpoint_out(endpoint, health[endpoint.id], notes.get(endpoint.id, [])))
 
 
