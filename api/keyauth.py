@@ -205,7 +205,8 @@ class KeyVerifier:
         used, self._used = self._used, {}
         try:
             await key_repo.touch_many(self._db, used)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+            # InternalClientError: a pooled connection that Postgres dropped while shutting down.
             log.warning("could not record key last use; will retry", exc_info=True)
             for key_id, at in used.items():
                 self._used.setdefault(key_id, at)
