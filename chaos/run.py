@@ -47,7 +47,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from fleet import Fleet, log_lines  # noqa: E402
-from ledger import Fault, check, read_db  # noqa: E402
+from ledger import OVERDUE_LIMIT_S, OVERDUE_SQL, Fault, check, overdue_split, read_db  # noqa: E402
 from load import Publisher  # noqa: E402
 from servers import Postgres, Redis  # noqa: E402
 from world import EventMaker, make_world  # noqa: E402
@@ -122,9 +122,11 @@ class Drill:
         self.run_dir = run_dir
         self.began = time.monotonic()
         self.faults: list[Fault] = []
-        self.overdue: list[tuple[float, int, float]] = []  # (wall, deliveries overdue > 60 s, max overdue s)
+        # (wall, deliveries overdue > 60 s, max overdue s, the dead endpoint's max overdue s)
+        self.overdue: list[tuple[float, int, float, float]] = []
         self.load_start = 0.0
         self.load_end = 0.0
+        self.dead_ids: list[Any] = []
 
     def elapsed(self) -> float:
         return time.monotonic() - self.began
@@ -175,6 +177,7 @@ class Drill:
             allow_private_targets=True)
         self.world = await make_world(self.fleet.slot("api-0").url, self.token, settings, self.receiver_port,
                                       self.p.businesses)
+        self.dead_ids = [e.uuid for e in self.world.endpoints if e.kind == "dead"]
         async with aiohttp.ClientSession() as http, \
                 http.post(self._rcv("/_chaos/secrets"), data=orjson.dumps(self.world.secrets)) as r:
             assert r.status == 200, await r.text()
@@ -239,11 +242,8 @@ class Drill:
                 try:
                     if conn is None or conn.is_closed():
                         conn = await asyncpg.connect(self.pg.url, timeout=2)
-                    row = await conn.fetchrow(
-                        """SELECT count(*) FILTER (WHERE next_attempt_at < now() - interval '60 s') AS stuck,
-                                  coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0) AS overdue
-                           FROM deliveries WHERE status = 'pending' AND next_attempt_at < now()""", timeout=5)
-                    self.overdue.append((time.time(), int(row["stuck"]), float(row["overdue"])))
+                    rows = await conn.fetch(OVERDUE_SQL, self.dead_ids, OVERDUE_LIMIT_S, timeout=5)
+                    self.overdue.append((time.time(), *overdue_split(rows)))
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                     conn = None
                 if time.monotonic() - last_say >= 15:
@@ -294,7 +294,7 @@ class Drill:
             healthy = [e for e in self.world.endpoints if e.kind in HEALTHY_KINDS]
             expected = sum(1 for a in publisher.acks.values() for e in self.world.business(a.business).endpoints
                            if e.kind in HEALTHY_KINDS and e.matches(a.type))
-            dead = [e.uuid for e in self.world.endpoints if e.kind == "dead"]
+            dead = self.dead_ids
             drain_until = time.monotonic() + min(self.p.drain_s, self.p.budget_s - self.elapsed() - 25)
             drained = False
             while time.monotonic() < drain_until:
@@ -311,7 +311,7 @@ class Drill:
 
         async with aiohttp.ClientSession() as http, http.get(self._rcv("/_chaos/records")) as r:
             received = orjson.loads(await r.read())
-        db = await read_db(self.pg.url)
+        db = await read_db(self.pg.url, self.dead_ids)
         max_attempts = len(RETRY_SCHEDULE.split(",")) + 1
         ledger = check(self.world, publisher.acks, received["records"], db, self.faults, max_attempts)
         if not drained:
@@ -321,17 +321,23 @@ class Drill:
         report = {"profile": self.p.name, "drained_after_load_s": round(drain_s, 1), **ledger.figures}
         report["api"] = self._api_figures(publisher, ledger)
         report["rss_mb"] = self._rss_figures(ledger)
+        report["worker_logs"] = self._worker_log_figures()
+        breaker_s = report["worker_logs"]["longest_breaker_open_s"]
+        dead_max = max([o[3] for o in self.overdue] + [db.dead_max_overdue_s])
         report["overdue_during_run"] = {
             "max_s": round(max((o[2] for o in self.overdue), default=0.0), 1),
-            "samples_with_deliveries_over_60s": sum(1 for o in self.overdue if o[1] > 0)}
+            "samples_with_deliveries_over_60s": sum(1 for o in self.overdue if o[1] > 0),
+            "dead_endpoint_max_s": round(dead_max, 1)}
         if report["overdue_during_run"]["samples_with_deliveries_over_60s"]:
-            ledger.fail("deliveries were pending more than 60 s past their due time during the run "
+            ledger.fail(f"deliveries were pending more than {OVERDUE_LIMIT_S:g} s past their due time during the run "
                         f"(max {report['overdue_during_run']['max_s']} s)")
+        if dead_max > breaker_s + OVERDUE_LIMIT_S:
+            ledger.fail(f"the dead endpoint's deliveries waited {dead_max:.0f} s past due, more than its longest "
+                        f"breaker opening ({breaker_s:g} s) and a minute")
         for slow in report["slowest"]:
             slow["acked_at_s"] = round(slow.pop("acked_at") - self.load_start, 1)
         report["faults"] = [{"kind": f.kind, "target": f.target, "at_s": round(f.at - self.load_start, 1),
                              "back_after_s": round(f.until - f.at, 1) if f.until else None} for f in self.faults]
-        report["worker_logs"] = self._worker_log_figures()
         report["settings"] = {"load_s": self.p.duration_s, "rate_per_s": self.p.rate,
                               "businesses": len(self.world.businesses), "endpoints": self.world.layout(),
                               "apis": 2, "workers": 2, **PRODUCT_SETTINGS,
@@ -440,8 +446,12 @@ def summary(report: dict[str, Any], took_s: float) -> str:
         f"  duplicates               {report['duplicates']} ({report['duplicates_explained']} in flight at a "
         f"worker kill, {report['duplicates_unexplained']} unexplained)",
         f"  stuck                    {report['stuck_at_end']} at the end; max overdue during the run "
-        f"{report['overdue_during_run']['max_s']} s",
+        f"{report['overdue_during_run']['max_s']} s (the dead endpoint's "
+        f"{report['overdue_during_run']['dead_endpoint_max_s']} s; breaker trips "
+        f"{report['worker_logs']['breaker_trips']}, longest open {report['worker_logs']['longest_breaker_open_s']} s)",
         f"  lag (ack -> receipt)     {report['lag_s']}",
+        "  slowest                  " + "; ".join(f"{x['lag_s']} s at {x['endpoint']} (acked @{x['acked_at_s']}s, "
+                                                  f"{x['requests']} requests)" for x in report["slowest"][:3]),
         f"  API answers              {api['by_status']} (500s: {api['answers_500']}, 503 outside Postgres "
         f"outages: {api['answers_503_outside_postgres_outages']})",
         f"  gone endpoint            {report['gone_endpoint']}, requests after disable "
