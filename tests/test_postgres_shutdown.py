@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from api.keyauth import KeyVerifier
-from shared.queue import connect_queue
+from shared import redis_client
 from shared.repos import api_keys, ingest
 from shared.settings import Settings
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant
@@ -49,7 +49,7 @@ async def test_last_used_stamps_survive_a_postgres_shutdown(settings: Settings,
         raise SHUTDOWN_ERRORS[0]
 
     monkeypatch.setattr(api_keys, "touch_many", shutting_down)
-    redis = connect_queue(settings)
+    redis = redis_client.connect(settings)
     try:
         verifier = KeyVerifier(settings, db=None, redis=redis)  # type: ignore[arg-type]
         key_id, at = uuid.uuid4(), datetime.now(UTC)
