@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python scripts/devenv.py test $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,) $(if $(LONG),--long,)
 
 chaos: $(STAMP)
 	$(BIN)/python chaos/run.py $(if $(QUICK),--quick,)

@@ -2,8 +2,9 @@
 (quality target: ≤ 200 MB each, growth ≤ 10 % after warm-up).
 
 quality.md asks for a 10-minute run; the whole harness must finish in under 10 minutes and the other
-scenarios already take about 5.5, so this one publishes for WINDOW_S (120 s; 30 s with ``--quick``)
-and says so in its result. A linear trend fitted to the samples after warm-up is reported beside the
+scenarios already take about 5.5, so this one publishes for 120 s (30 s with ``--quick``) and says so in
+its result; ``--long`` (``make bench LONG=1``) runs it for the full 600 s.
+A linear trend fitted to the samples after warm-up is reported beside the
 measured growth, with what it would reach at 10 minutes: an estimate, not a measurement.
 
 Same world and processes as P1/P2: 200 businesses x 1 endpoint, the API (``python -m api``), one
@@ -44,7 +45,9 @@ GROUP = "h/p1"
 PROCESSES = ("api", "worker")
 
 
-def timing(quick: bool) -> dict[str, float]:
+def timing(quick: bool, long: bool = False) -> dict[str, float]:
+    if long:
+        return {"window_s": QUALITY_WINDOW_S, "drain_s": 30.0}
     if quick:
         return {"window_s": 30.0, "drain_s": 20.0}
     return {"window_s": 120.0, "drain_s": 30.0}
@@ -135,7 +138,7 @@ def _rss_table(summaries: list[dict[str, Any]]) -> str:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    t = timing(ctx.quick)
+    t = timing(ctx.quick, ctx.long)
     window_s = t["window_s"]
     warmup_s = round(window_s * WARMUP_SHARE, 1)
     p1 = ctx.shared.get("P1")
@@ -179,9 +182,12 @@ def run(ctx: Context) -> dict[str, Any]:
     ok = all(s["ok"] for s in summaries)
     worst_peak = max((s.get("peak_mb") or 0.0) for s in summaries)
     worst_growth = max((s.get("growth_pct") or 0.0) for s in summaries)
-    shorter = (f"The window is {window_s:g} s, not quality.md's {QUALITY_WINDOW_S / 60:g} minutes: the whole "
-               "harness must finish in under 10 minutes (the other scenarios take about 5.5). The trend column "
-               "extrapolates the samples after warm-up to 10 minutes: an estimate, not a measurement.")
+    full = window_s >= QUALITY_WINDOW_S
+    shorter = (f"The window is quality.md's {QUALITY_WINDOW_S / 60:g} minutes (`--long`)." if full
+               else f"The window is {window_s:g} s, not quality.md's {QUALITY_WINDOW_S / 60:g} minutes: the whole "
+               "harness must finish in under 10 minutes (the other scenarios take about 5.5; `make bench LONG=1` "
+               "runs this one for 10 minutes). The trend column extrapolates the samples after warm-up to 10 "
+               "minutes: an estimate, not a measurement.")
     return {
         "id": ID,
         "title": TITLE,

@@ -54,6 +54,7 @@ class Context:
     tmp_dir: Path  # child logs and scratch files; removed after a successful run
     results_dir: Path = ROOT / "bench" / "results"
     quick: bool = False
+    long: bool = False  # P8 over quality.md's full 10 minutes
     profile: str = ""  # "", "python" or "native" (py-spy with C/Cython frames)
     concurrency: int | None = None
     stamp: str = ""
