@@ -15,8 +15,10 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -139,10 +141,9 @@ class Engine:
                 bodies[o.event_id] = self._body(o)
             body, msg_id = bodies[o.event_id]
             if len(lane.queue) >= self._room(lane):
-                # A slow endpoint's lane is full: hand the delivery back, still due, rather than hold it
-                # (held deliveries use up this worker's room for everyone else's). The poller skips
-                # this endpoint until its lane drains.
-                self.writer.add_deferral(Deferral(o.id, now))
+                # The lane is full: hand the delivery back rather than hold it (held deliveries use up
+                # this worker's room for everyone else's), due when the lane may have room again.
+                self.writer.add_deferral(Deferral(o.id, self._when_room(lane, now)))
                 continue
             self.held.add(o.id)
             lane.queue.append(Job(o, body, msg_id))
@@ -188,13 +189,18 @@ class Engine:
         what it can have in flight once it times out (so hanging endpoints never fill this worker)."""
         return max(1, lane.cap) if lane.slow else self._lane_limit
 
+    def _when_room(self, lane: Lane, now: datetime) -> datetime:
+        """When a delivery handed back from a full lane is due again: a slow endpoint's lane frees up no
+        sooner than a request times out (so its deliveries do not crowd the due ones meanwhile)."""
+        return now + timedelta(seconds=self.settings.delivery_timeout) if lane.slow else now
+
     def _pump(self, lane: Lane) -> None:
         now = time.monotonic()
         room = self._room(lane)
         if len(lane.queue) > room:
-            # The endpoint has gone slow: keep what it can take now, hand the rest back (still due,
-            # no attempt spent). The poller skips this endpoint while its lane is full.
-            due = datetime.now(UTC)
+            # The endpoint has gone slow: keep what it can take now, hand the rest back (no attempt spent),
+            # due when it may have room again.
+            due = self._when_room(lane, datetime.now(UTC))
             while len(lane.queue) > room:
                 self._defer(lane.queue.pop(), due)
         if lane.queue and not lane.enabled:
@@ -257,6 +263,8 @@ class Engine:
         next_at: datetime | None = None
         if outcome.ok:
             status = "succeeded"
+            if lane.open_s:  # its breaker had tripped: the endpoint is no longer paused
+                self._spawn(endpoint_repo.resume(self.db, lane.endpoint_id), "could not resume the endpoint")
             lane.failures, lane.open_s, lane.slow = 0, 0.0, False
             lane.cap = min(self.settings.endpoint_max_in_flight, lane.cap + 1)
         else:
@@ -293,6 +301,8 @@ class Engine:
             # Trip (again): once per trip, however many requests in flight fail with it.
             lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
             lane.open_until = now + lane.open_s
+            until = datetime.now(UTC) + timedelta(seconds=lane.open_s)
+            self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until), "could not pause the endpoint")
             log.warning("endpoint breaker open: its deliveries wait", extra={
                 "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
                 "failures": lane.failures, "open_s": lane.open_s})
@@ -307,6 +317,18 @@ class Engine:
         if outcome.retry_after_s is not None:
             delay = max(delay, outcome.retry_after_s)
         return delay
+
+    def _spawn(self, work: Coroutine[Any, Any, object], failure: str) -> None:
+        """Run a database update beside the hot path; a failure is logged (the next trip or success redoes it)."""
+        async def run() -> None:
+            try:
+                await work
+            except db.ERRORS as exc:
+                self._complain(failure, exc)
+
+        task = asyncio.create_task(run())
+        self._sends.add(task)  # kept alive, and awaited at stop like a send
+        task.add_done_callback(self._sends.discard)
 
     def _defer(self, job: Job, at: datetime) -> None:
         metrics.DELIVERIES.labels("deferred").inc()
@@ -392,7 +414,9 @@ class Engine:
         while True:
             lost = asyncio.Event()
 
-            def wake(*_: object) -> None:
+            def wake(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+                if payload.startswith(delivery_repo.ENDPOINT_CHANGED):
+                    self._reset_breaker(uuid.UUID(payload.removeprefix(delivery_repo.ENDPOINT_CHANGED)))
                 self._wake.set()
 
             try:
@@ -408,6 +432,13 @@ class Engine:
             except db.ERRORS as exc:
                 self._complain("could not listen for due deliveries (Postgres unavailable?)", exc)
             await asyncio.sleep(LISTEN_RETRY_S)
+
+    def _reset_breaker(self, endpoint_id: uuid.UUID) -> None:
+        """The endpoint was changed or enabled: start it afresh (slow start, no failures, breaker closed)."""
+        lane = self.lanes.get(endpoint_id)
+        if lane is not None:
+            lane.failures, lane.open_until, lane.open_s, lane.slow = 0, 0.0, 0.0, False
+            lane.cap = min(2, self.settings.endpoint_max_in_flight)
 
     def _complain(self, message: str, exc: BaseException, error: bool = False) -> None:
         """Log a failing loop's error once, then at most every 30 s while it keeps failing."""

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -680,6 +681,48 @@ async def test_an_open_breaker_defers_deliveries_without_spending_attempts(rig: 
     assert all(r["later"] and r["lease_owner"] is None for r in deferred), deferred  # handed back for later
     status = await rig.statuses(endpoint)
     assert status == Counter({"pending": n}), status  # nothing failed for want of attempts
+
+
+async def test_a_tripped_breaker_pauses_the_endpoint_for_every_worker_and_a_fix_resumes_it(rig: Rig) -> None:
+    """A trip pauses the endpoint in Postgres: its pending deliveries and the ones fanned out meanwhile are
+    due when the breaker may close, not now (so claims for healthy endpoints never wade through them); a
+    changed URL clears the pause and the next event goes out at once."""
+    path, fixed = "/fail/pause", "/ok/pause"
+    endpoint = await rig.endpoint(path)
+    public_id = ids.encode("ep", endpoint)
+    await rig.workers.start(KAIHOOKS_CIRCUIT_FAILURES="2", KAIHOOKS_CIRCUIT_OPEN_S="30",
+                            KAIHOOKS_RETRY_SCHEDULE="60s,60s", KAIHOOKS_ENDPOINT_MAX_IN_FLIGHT="1")
+    await rig.publish(6, batch=6)
+
+    async def paused() -> bool:
+        return await rig.db.fetchval("SELECT paused_until IS NOT NULL FROM endpoints WHERE id = $1",
+                                     endpoint)  # type: ignore[no-any-return]
+
+    await until(paused, 15, "the breaker tripped and paused the endpoint")
+    paused_until = await rig.db.fetchval("SELECT paused_until FROM endpoints WHERE id = $1", endpoint)
+    assert paused_until > await rig.db.fetchval("SELECT now() + interval '25 seconds'")
+
+    async def handed_back() -> bool:  # the worker's own breaker returns what it held, via its writer
+        return not await rig.db.fetchval("SELECT count(*) FROM deliveries WHERE endpoint_id = $1 "
+                                         "AND lease_owner IS NOT NULL", endpoint)
+
+    await until(handed_back, 10, "the deliveries the worker held were handed back")
+    pending = await rig.db.fetch("SELECT next_attempt_at, attempt_count FROM deliveries WHERE endpoint_id = $1 "
+                                 "AND status = 'pending'", endpoint)
+    untried = [r for r in pending if r["attempt_count"] == 0]
+    # (the ones this worker held are handed back by its own breaker, due the same moment give or take a second)
+    assert untried and all(r["next_attempt_at"] >= paused_until - timedelta(seconds=1) for r in untried), pending
+    [later] = await rig.publish(1, batch=1)
+    due = await rig.db.fetchval("SELECT next_attempt_at FROM deliveries WHERE endpoint_id = $1 AND event_id = $2",
+                                endpoint, ids.decode("evt", later))
+    assert due == paused_until  # fanned out straight to the end of the pause
+
+    r = await rig.api.patch(f"{rig.tenant.path}/webhook-endpoints/{public_id}", key=rig.key,
+                            json={"url": rig.receiver.url(fixed)})
+    assert r.status == 200, r.body
+    assert not await paused()
+    [after] = await rig.publish(1, batch=1)
+    await until(lambda: after in rig.receiver.ok_ids_at(fixed), 10, "the event after the fix arrived at once")
 
 
 def test_worker_env_names_real_settings() -> None:

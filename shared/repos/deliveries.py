@@ -36,6 +36,9 @@ class Outbound:
 # Postgres notifies this channel when deliveries become due now (the ingest statement does, at commit);
 # workers listen on it, so a delivery starts without waiting for the next poll.
 DUE_CHANNEL = "kaihooks_due"
+# A notification whose payload is this plus an endpoint id: the endpoint was changed or enabled; workers
+# reset its circuit breaker.
+ENDPOINT_CHANGED = "endpoint:"
 
 
 async def notify_due(db: Executor) -> None:
@@ -44,9 +47,10 @@ async def notify_due(db: Executor) -> None:
 
 
 async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID]) -> int:
-    """Create the deliveries, due now, of events not yet fanned out (one per matching enabled endpoint),
-    and mark the events done. Events another transaction is fanning out are skipped. Accepted events are
-    fanned out as they are stored (``shared.repos.ingest``); this is for any that were not."""
+    """Create the deliveries of events not yet fanned out (one per matching enabled endpoint, due now or
+    when a paused endpoint resumes) and mark the events done. Events another transaction is fanning out
+    are skipped. Accepted events are fanned out as they are stored (``shared.repos.ingest``); this is for
+    any that were not."""
     return await db.fetchval(  # type: ignore[no-any-return]
         """WITH ev AS (
                SELECT id, business_id, type FROM events
@@ -56,7 +60,7 @@ async def fan_out(db: Executor, event_ids: Sequence[uuid.UUID]) -> int:
                UPDATE events e SET fanned_out_at = now() FROM ev WHERE e.id = ev.id
            ), created AS (
                INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at)
-               SELECT ev.id, ep.id, ev.business_id, ev.type, now()
+               SELECT ev.id, ep.id, ev.business_id, ev.type, greatest(now(), ep.paused_until)
                FROM ev JOIN endpoints ep ON ep.business_id = ev.business_id AND ep.enabled
                     AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types))
                ON CONFLICT (event_id, endpoint_id) DO NOTHING

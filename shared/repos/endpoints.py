@@ -14,6 +14,7 @@ from shared import ids
 from shared.models import Endpoint
 from shared.pagination import Page, Position, paginate
 from shared.repos import Executor, newest_first
+from shared.repos.deliveries import DUE_CHANNEL, ENDPOINT_CHANGED
 from shared.secrets_box import Sealed
 
 _COLUMNS = "id, business_id, url, description, event_types, enabled, disabled_reason, created_at, updated_at"
@@ -79,6 +80,9 @@ async def update(
                 value = list(value)
             args.append(value)
             sets.append(f"{name} = ${len(args)}")
+    fixed = changes.get("enabled") is True or "url" in changes
+    if fixed:
+        sets.append("paused_until = NULL")  # a fixed endpoint gets its new deliveries at once
     if changes.get("enabled") is True:
         sets += ["disabled_reason = NULL", "failing_since = NULL"]
     elif changes.get("enabled") is False:
@@ -87,6 +91,8 @@ async def update(
     row = await db.fetchrow(
         f"UPDATE endpoints SET {', '.join(sets)} WHERE id = $1 AND business_id = $2 RETURNING {_COLUMNS}", *args
     )
+    if row and fixed:  # workers forget its breaker (the endpoint may work now)
+        await db.execute("SELECT pg_notify($1, $2)", DUE_CHANNEL, f"{ENDPOINT_CHANGED}{endpoint_id}")
     return _endpoint(row) if row else None
 
 
@@ -111,6 +117,27 @@ async def disable(db: Executor, endpoint_id: uuid.UUID, reason: str) -> Endpoint
         endpoint_id, reason,
     )
     return _endpoint(row) if row else None
+
+
+async def pause(db: Executor, endpoint_id: uuid.UUID, until: datetime) -> int:
+    """The endpoint's breaker tripped: nothing to it is due before ``until``. Moves its pending deliveries
+    that nobody holds there; returns how many."""
+    result: str = await db.execute(
+        """WITH paused AS (
+               UPDATE endpoints SET paused_until = $2 WHERE id = $1 AND enabled RETURNING id
+           )
+           UPDATE deliveries SET next_attempt_at = $2
+           WHERE endpoint_id = (SELECT id FROM paused) AND status = 'pending' AND next_attempt_at < $2
+             AND (lease_until IS NULL OR lease_until < now())""",
+        endpoint_id, until,
+    )
+    return int(result.split()[-1])
+
+
+async def resume(db: Executor, endpoint_id: uuid.UUID) -> None:
+    """The endpoint answered again: new deliveries to it are due at once."""
+    await db.execute("UPDATE endpoints SET paused_until = NULL WHERE id = $1 AND paused_until IS NOT NULL",
+                     endpoint_id)
 
 
 async def failing_since_before(db: Executor, cutoff: datetime) -> list[Endpoint]:

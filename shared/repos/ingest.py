@@ -1,8 +1,8 @@
 """Accepting a batch of events in one statement: the event rows (skipping repeated idempotency keys),
-their deliveries (one per matching enabled endpoint, due now: the fan-out), and the agents, calls and
-leads they carry, newest state winning. One statement is one transaction and one round trip, whatever
-the batch size; when it made deliveries it also notifies the workers (``DUE_CHANNEL``), which Postgres
-does at commit."""
+their deliveries (one per matching enabled endpoint, due now or when a paused endpoint resumes: the
+fan-out), and the agents, calls and leads they carry, newest state winning. One statement is one
+transaction and one round trip, whatever the batch size; when it made deliveries it also notifies the
+workers (``DUE_CHANNEL``), which Postgres does at commit."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ WITH ins AS (
     RETURNING id, business_id, type
 ), fanned AS (
     INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at)
-    SELECT ins.id, ep.id, ins.business_id, ins.type, now()
+    SELECT ins.id, ep.id, ins.business_id, ins.type, greatest(now(), ep.paused_until)
     FROM ins JOIN endpoints ep ON ep.business_id = ins.business_id AND ep.enabled
          AND (ep.event_types IS NULL OR ins.type = ANY(ep.event_types))
     RETURNING 1
