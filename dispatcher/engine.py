@@ -263,7 +263,7 @@ class Engine:
         next_at: datetime | None = None
         if outcome.ok:
             status = "succeeded"
-            if lane.open_s:  # its breaker had tripped: the endpoint is no longer paused
+            if lane.open_s or lane.slow:  # it had been paused: no longer
                 self._spawn(endpoint_repo.resume(self.db, lane.endpoint_id), "could not resume the endpoint")
             lane.failures, lane.open_s, lane.slow = 0, 0.0, False
             lane.cap = min(self.settings.endpoint_max_in_flight, lane.cap + 1)
@@ -296,13 +296,19 @@ class Engine:
         if outcome.error_kind == "timeout":
             lane.cap = 1  # a slow endpoint gets one request at a time until it answers again
             lane.slow = True
+            # ...and, for every worker, new deliveries to it are due no sooner than that request could time
+            # out again (until then they would only sit due, for every claim to step over).
+            until = datetime.now(UTC) + timedelta(seconds=self.settings.delivery_timeout)
+            self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until, move_pending=False),
+                        "could not pause the endpoint")
         now = time.monotonic()
         if lane.failures >= self.settings.circuit_failures and lane.open_until <= now:
             # Trip (again): once per trip, however many requests in flight fail with it.
             lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
             lane.open_until = now + lane.open_s
             until = datetime.now(UTC) + timedelta(seconds=lane.open_s)
-            self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until), "could not pause the endpoint")
+            self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until, move_pending=True),
+                        "could not pause the endpoint")
             log.warning("endpoint breaker open: its deliveries wait", extra={
                 "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
                 "failures": lane.failures, "open_s": lane.open_s})

@@ -86,10 +86,15 @@ async def claim_due(
 ) -> list[Outbound]:
     """Lease up to ``limit`` pending deliveries that are due and held by nobody (or by a worker whose
     lease ran out), oldest due first; return them with their event and endpoint as they are now (a
-    changed URL applies). One round trip."""
+    changed URL applies). One round trip.
+
+    A held delivery's ``next_attempt_at`` is its lease's end (a visibility timeout): it is not due while
+    a live worker holds it, so claims never step over the deliveries in flight, and it is due again by
+    itself if its worker dies. The outcome then sets the real next attempt."""
     rows = await db.fetch(
         """WITH claimed AS (
-               UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3), lease_owner = $2
+               UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3), lease_owner = $2,
+                                       next_attempt_at = now() + make_interval(secs => $3)
                FROM (SELECT id FROM deliveries
                      WHERE status = 'pending' AND next_attempt_at <= now()
                        AND (lease_until IS NULL OR lease_until < now())
@@ -97,13 +102,12 @@ async def claim_due(
                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
                WHERE d.id = due.id
                RETURNING d.id, d.event_id, d.event_type, d.business_id, d.endpoint_id, d.attempt_count,
-                         d.next_trigger, d.schedule, d.schedule_start, d.next_attempt_at
+                         d.next_trigger, d.schedule, d.schedule_start
            )
            SELECT d.id, d.event_id, d.event_type, d.business_id, e.occurred_at, e.data::text AS data_json,
                   d.endpoint_id, ep.url, ep.enabled, d.attempt_count, d.next_trigger AS trigger, d.schedule,
                   d.schedule_start
-           FROM claimed d JOIN events e ON e.id = d.event_id JOIN endpoints ep ON ep.id = d.endpoint_id
-           ORDER BY d.next_attempt_at""",
+           FROM claimed d JOIN events e ON e.id = d.event_id JOIN endpoints ep ON ep.id = d.endpoint_id""",
         limit, owner, lease_s, list(skip_endpoints),
     )
     return [Outbound(**r) for r in rows]
@@ -111,8 +115,9 @@ async def claim_due(
 
 async def renew_leases(db: Executor, delivery_ids: Sequence[uuid.UUID], owner: str, lease_s: float) -> None:
     await db.execute(
-        """UPDATE deliveries SET lease_until = now() + make_interval(secs => $3)
-           WHERE id = ANY($1::uuid[]) AND lease_owner = $2""",
+        """UPDATE deliveries SET lease_until = now() + make_interval(secs => $3),
+                  next_attempt_at = now() + make_interval(secs => $3)
+           WHERE id = ANY($1::uuid[]) AND lease_owner = $2 AND status = 'pending'""",
         list(delivery_ids), owner, lease_s,
     )
 
@@ -210,7 +215,8 @@ async def fail_for_disabled_endpoint(db: Executor, delivery_ids: Sequence[uuid.U
 
 async def release(db: Executor, owner: str) -> None:
     """Hand back everything this worker holds (it is stopping): due again at once for the others."""
-    await db.execute("UPDATE deliveries SET lease_until = NULL, lease_owner = NULL WHERE lease_owner = $1", owner)
+    await db.execute("UPDATE deliveries SET lease_until = NULL, lease_owner = NULL, next_attempt_at = CASE "
+                     "WHEN status = 'pending' THEN now() ELSE next_attempt_at END WHERE lease_owner = $1", owner)
 
 
 # ---- reads and on-demand sends ------------------------------------------------------------------

@@ -119,17 +119,19 @@ async def disable(db: Executor, endpoint_id: uuid.UUID, reason: str) -> Endpoint
     return _endpoint(row) if row else None
 
 
-async def pause(db: Executor, endpoint_id: uuid.UUID, until: datetime) -> int:
-    """The endpoint's breaker tripped: nothing to it is due before ``until``. Moves its pending deliveries
-    that nobody holds there; returns how many."""
+async def pause(db: Executor, endpoint_id: uuid.UUID, until: datetime, move_pending: bool) -> int:
+    """Nothing new to the endpoint is due before ``until`` (its deliveries are fanned out due then). With
+    ``move_pending`` (its breaker tripped), its pending deliveries that nobody holds move there too.
+    Never shortens a pause. Returns how many deliveries moved."""
     result: str = await db.execute(
         """WITH paused AS (
-               UPDATE endpoints SET paused_until = $2 WHERE id = $1 AND enabled RETURNING id
+               UPDATE endpoints SET paused_until = greatest(paused_until, $2)
+               WHERE id = $1 AND enabled RETURNING id
            )
            UPDATE deliveries SET next_attempt_at = $2
-           WHERE endpoint_id = (SELECT id FROM paused) AND status = 'pending' AND next_attempt_at < $2
+           WHERE $3 AND endpoint_id = (SELECT id FROM paused) AND status = 'pending' AND next_attempt_at < $2
              AND (lease_until IS NULL OR lease_until < now())""",
-        endpoint_id, until,
+        endpoint_id, until, move_pending,
     )
     return int(result.split()[-1])
 
