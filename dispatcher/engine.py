@@ -66,6 +66,7 @@ class Lane:
     in_flight: int = 0
     cap: int = 1
     failures: int = 0  # consecutive
+    timeouts: int = 0  # consecutive
     open_until: float = 0.0  # monotonic; the breaker is open before it
     open_s: float = 0.0
     slow: bool = False  # its last failure was a timeout, and it has not answered in time since
@@ -212,7 +213,7 @@ class Engine:
             while lane.queue:
                 self._defer(lane.queue.popleft(), at)
             return
-        half_open = lane.failures >= self.settings.circuit_failures
+        half_open = self._tripped(lane)
         cap = 1 if half_open else lane.cap
         while lane.queue and lane.in_flight < cap:
             if self.in_flight >= self.settings.max_in_flight:
@@ -265,7 +266,7 @@ class Engine:
             status = "succeeded"
             if lane.open_s or lane.slow:  # it had been paused: no longer
                 self._spawn(endpoint_repo.resume(self.db, lane.endpoint_id), "could not resume the endpoint")
-            lane.failures, lane.open_s, lane.slow = 0, 0.0, False
+            lane.failures, lane.timeouts, lane.open_s, lane.slow = 0, 0, 0.0, False
             lane.cap = min(self.settings.endpoint_max_in_flight, lane.cap + 1)
         else:
             self._note_failure(lane, outcome)
@@ -293,6 +294,7 @@ class Engine:
 
     def _note_failure(self, lane: Lane, outcome: http.Outcome) -> None:
         lane.failures += 1
+        lane.timeouts = lane.timeouts + 1 if outcome.error_kind == "timeout" else 0
         if outcome.error_kind == "timeout":
             lane.cap = 1  # a slow endpoint gets one request at a time until it answers again
             lane.slow = True
@@ -302,7 +304,7 @@ class Engine:
             self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until, move_pending=False),
                         "could not pause the endpoint")
         now = time.monotonic()
-        if lane.failures >= self.settings.circuit_failures and lane.open_until <= now:
+        if self._tripped(lane) and lane.open_until <= now:
             # Trip (again): once per trip, however many requests in flight fail with it.
             lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
             lane.open_until = now + lane.open_s
@@ -312,6 +314,10 @@ class Engine:
             log.warning("endpoint breaker open: its deliveries wait", extra={
                 "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
                 "failures": lane.failures, "open_s": lane.open_s})
+
+    def _tripped(self, lane: Lane) -> bool:
+        """Enough consecutive failures, or timeouts, to open (or keep half-open) the endpoint's breaker."""
+        return lane.failures >= self.settings.circuit_failures or lane.timeouts >= self.settings.circuit_timeouts
 
     def _next_delay(self, o: Outbound, number: int, outcome: http.Outcome) -> float | None:
         """Seconds until the next attempt, or None when the schedule is spent."""
@@ -443,7 +449,7 @@ class Engine:
         """The endpoint was changed or enabled: start it afresh (slow start, no failures, breaker closed)."""
         lane = self.lanes.get(endpoint_id)
         if lane is not None:
-            lane.failures, lane.open_until, lane.open_s, lane.slow = 0, 0.0, 0.0, False
+            lane.failures, lane.timeouts, lane.open_until, lane.open_s, lane.slow = 0, 0, 0.0, 0.0, False
             lane.cap = min(2, self.settings.endpoint_max_in_flight)
 
     def _complain(self, message: str, exc: BaseException, error: bool = False) -> None:

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(15.0, gt=1)  # a worker's hold on a delivery; renewed while it holds it
     disable_after_failing_s: int = Field(5 * 86400, ge=60)
     circuit_failures: int = Field(5, ge=1)  # consecutive failures that open an endpoint's breaker
+    circuit_timeouts: int = Field(2, ge=1)  # ...or consecutive timeouts (a hanging endpoint ties up a slot each)
     circuit_open_s: float = Field(30.0, gt=0)  # how long deliveries to it are deferred, doubling to 10 min
     worker_poll_s: float = Field(0.5, gt=0)  # how often a worker looks for due retries (new work: notified)
     queue_poll_s: float = Field(0.5, gt=0)  # how often the worker's arq side checks its crons

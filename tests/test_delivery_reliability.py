@@ -40,6 +40,7 @@ WORKER_ENV = {
     "KAIHOOKS_REPLAY_SCHEDULE": "0.3s",
     "KAIHOOKS_DELIVERY_TIMEOUT": "5",
     "KAIHOOKS_CIRCUIT_FAILURES": "1000",
+    "KAIHOOKS_CIRCUIT_TIMEOUTS": "1000",
     "KAIHOOKS_DEV": "0",  # JSON log lines: the "worker started" line carries the worker's lease owner
 }
 
@@ -725,10 +726,29 @@ async def test_a_tripped_breaker_pauses_the_endpoint_for_every_worker_and_a_fix_
     await until(lambda: after in rig.receiver.ok_ids_at(fixed), 10, "the event after the fix arrived at once")
 
 
+async def test_two_timeouts_in_a_row_pause_a_hanging_endpoint(rig: Rig) -> None:
+    """A hanging endpoint ties up a request for the whole timeout: two timeouts in a row open its breaker
+    (however many plain failures the breaker otherwise waits for), so it is paused for every worker."""
+    path = "/hang/trip"
+    endpoint = await rig.endpoint(path)
+    await rig.workers.start(KAIHOOKS_CIRCUIT_TIMEOUTS="2", KAIHOOKS_CIRCUIT_OPEN_S="30",
+                            KAIHOOKS_DELIVERY_TIMEOUT="0.5", KAIHOOKS_RETRY_SCHEDULE="60s,60s")
+    await rig.publish(4, batch=4)
+
+    async def paused_for_the_breaker() -> bool:  # a slow pause lasts one timeout; the breaker's 30 s
+        return bool(await rig.db.fetchval("SELECT paused_until > now() + interval '20 seconds' FROM endpoints "
+                                          "WHERE id = $1", endpoint))
+
+    await until(paused_for_the_breaker, 15, "two timeouts opened the breaker")
+    attempts = await rig.db.fetchval("SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id "
+                                     "WHERE d.endpoint_id = $1", endpoint)
+    assert len(rig.receiver.at(path)) <= 3 and attempts <= 3, (len(rig.receiver.at(path)), attempts)
+
+
 def test_worker_env_names_real_settings() -> None:
     """Guard against a misspelt variable silently falling back to a default (and a much slower test)."""
     names = {k.removeprefix("KAIHOOKS_").lower() for k in WORKER_ENV}
-    names |= {"endpoint_max_in_flight", "circuit_open_s"}
+    names |= {"endpoint_max_in_flight", "circuit_open_s", "circuit_timeouts", "delivery_timeout"}
     assert names <= set(Settings.model_fields), names - set(Settings.model_fields)
 
 

@@ -21,6 +21,7 @@ FAST: dict[str, Any] = {
     "delivery_timeout": 1.0,
     "worker_poll_s": 0.05,
     "circuit_failures": 1000,
+    "circuit_timeouts": 1000,
 }
 
 
