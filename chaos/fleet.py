@@ -24,9 +24,13 @@ sys.path.insert(0, str(ROOT))
 from bench.procs import Child, free_port, start, stop  # noqa: E402  (generic child-process helpers)
 
 
-def rss_mb(pid: int) -> float | None:
-    """The process's resident set size in MiB (None once it is gone)."""
+def rss_mb(pid: int, module: str) -> float | None:
+    """The resident set size in MiB of ``python -m <module>`` running as ``pid`` (None once it is gone, or
+    while it is still the drill's own forked image, before its exec)."""
     try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if f"\0-m\0{module}".encode() not in cmdline.read():
+                return None
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
@@ -135,7 +139,7 @@ class Fleet:
         now = time.time()
         for slot in self.slots:
             if slot.alive and slot.lives:
-                mb = rss_mb(slot.lives[-1].pid)
+                mb = rss_mb(slot.lives[-1].pid, slot.argv[-1])
                 if mb is not None:
                     slot.lives[-1].samples.append((now, mb))
 
