@@ -70,13 +70,6 @@ def test_the_api_never_answers_500_only_503_problems_while_postgres_is_down(repo
     assert api["answers_503_outside_postgres_outages"] == 0, api
 
 
-# A known dispatcher bug makes this fail in some runs: when Postgres stops (pg_ctl stop -m fast) while a worker
-# writes its results, asyncpg raises InternalClientError, which ResultWriter.flush (dispatcher/writer.py) does
-# not catch: that batch of results is dropped and the writer task ends, so the worker records nothing more
-# until it stops. Its deliveries' leases lapse, they are claimed and sent again (duplicates no kill explains)
-# and stay pending past their due time. Remove this marker once the writer survives the error.
-@pytest.mark.xfail(reason="dispatcher ResultWriter dies on asyncpg InternalClientError at a Postgres shutdown",
-                   strict=False)
 def test_nothing_is_stuck_and_duplicates_are_only_requests_in_flight_at_a_kill(report: dict[str, Any]) -> None:
     assert report["unsettled"] == 0, failures(report, "not settled")
     assert report["duplicates_unexplained"] == 0, report["duplicate_samples"]
