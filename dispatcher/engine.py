@@ -188,22 +188,16 @@ class Engine:
     def _room(self, lane: Lane) -> int:
         """How many deliveries a lane may hold queued: plenty while the endpoint answers in time, only
         what it can have in flight once it times out (so hanging endpoints never fill this worker)."""
-        return max(1, lane.cap) if lane.slow else self._lane_limit
+        return max(1, lane.cap) if lane.slow or self._tripped(lane) else self._lane_limit
 
     def _when_room(self, lane: Lane, now: datetime) -> datetime:
         """When a delivery handed back from a full lane is due again: a slow endpoint's lane frees up no
         sooner than a request times out (so its deliveries do not crowd the due ones meanwhile)."""
-        return now + timedelta(seconds=self.settings.delivery_timeout) if lane.slow else now
+        slow = lane.slow or self._tripped(lane)  # a tripped endpoint gets one probe at a time
+        return now + timedelta(seconds=self.settings.delivery_timeout) if slow else now
 
     def _pump(self, lane: Lane) -> None:
         now = time.monotonic()
-        room = self._room(lane)
-        if len(lane.queue) > room:
-            # The endpoint has gone slow: keep what it can take now, hand the rest back (no attempt spent),
-            # due when it may have room again.
-            due = self._when_room(lane, datetime.now(UTC))
-            while len(lane.queue) > room:
-                self._defer(lane.queue.pop(), due)
         if lane.queue and not lane.enabled:
             self._fail_disabled(lane)
             return
@@ -213,6 +207,13 @@ class Engine:
             while lane.queue:
                 self._defer(lane.queue.popleft(), at)
             return
+        room = self._room(lane)
+        if len(lane.queue) > room:
+            # The endpoint has gone slow: keep what it can take now, hand the rest back (no attempt spent),
+            # due when it may have room again.
+            due = self._when_room(lane, datetime.now(UTC))
+            while len(lane.queue) > room:
+                self._defer(lane.queue.pop(), due)
         half_open = self._tripped(lane)
         cap = 1 if half_open else lane.cap
         while lane.queue and lane.in_flight < cap:
@@ -307,8 +308,10 @@ class Engine:
         if self._tripped(lane) and lane.open_until <= now:
             # Trip (again): once per trip, however many requests in flight fail with it.
             lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
-            lane.open_until = now + lane.open_s
-            until = datetime.now(UTC) + timedelta(seconds=lane.open_s)
+            # ±20 % so endpoints that failed together do not all come back (with their backlogs) at once
+            open_for = lane.open_s * random.uniform(0.8, 1.2)
+            lane.open_until = now + open_for
+            until = datetime.now(UTC) + timedelta(seconds=open_for)
             self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until, move_pending=True),
                         "could not pause the endpoint")
             log.warning("endpoint breaker open: its deliveries wait", extra={
@@ -487,6 +490,7 @@ class Engine:
             metrics.ENDPOINT_P95.labels(label).set(p95_ms / 1000)
 
     async def _heartbeat_loop(self) -> None:
+        next_health = 0.0
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             self._forget_idle_lanes()
@@ -494,7 +498,9 @@ class Engine:
             metrics.HELD.set(len(self.held))
             try:
                 metrics.QUEUE_DEPTH.set(await delivery_repo.due_count(self.db))
-                await self._export_endpoint_health()
+                if time.monotonic() >= next_health:  # aggregate queries: not on every heartbeat
+                    next_health = time.monotonic() + self.settings.endpoint_metrics_s
+                    await self._export_endpoint_health()
             except db.ERRORS as exc:
                 self._complain("could not measure the queue depth", exc)
             if self.held:

@@ -22,9 +22,11 @@ ENDPOINT_BACKLOG = Gauge("kaihooks_endpoint_backlog", "Pending deliveries of the
                          ["endpoint_id"])
 ENDPOINT_LAG = Gauge("kaihooks_endpoint_lag_seconds", "Age of the oldest pending delivery, same endpoints",
                      ["endpoint_id"])
-ENDPOINT_SUCCESS = Gauge("kaihooks_endpoint_success_ratio", "Share of 2xx attempts in the last hour, busiest endpoints",
+ENDPOINT_SUCCESS = Gauge("kaihooks_endpoint_success_ratio",
+                         "Share of 2xx attempts in the last 5 minutes, busiest endpoints",
                          ["endpoint_id"])
-ENDPOINT_P95 = Gauge("kaihooks_endpoint_p95_seconds", "95th percentile attempt time in the last hour, same endpoints",
+ENDPOINT_P95 = Gauge("kaihooks_endpoint_p95_seconds",
+                     "95th percentile attempt time in the last 5 minutes, same endpoints",
                      ["endpoint_id"])
 KEY_AUTH_FAILURES = Counter("kaihooks_key_auth_failures_total", "Requests refused for a bad, unknown or revoked key")
 RATE_LIMITED = Counter("kaihooks_rate_limited_total", "Key-authenticated requests refused by the rate limit")

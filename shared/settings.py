@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     queue_name: str = "arq:queue"  # the arq queue of the crons (give each deployment sharing a Redis its own)
     # Attempts, settled deliveries and events older than this many days are deleted (hourly, in batches).
     retention_days: int = Field(30, ge=1)
+    endpoint_metrics_s: float = Field(60.0, gt=0)  # how often a worker refreshes the per-endpoint gauges
     metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0: not served
     dev: bool = False
 

@@ -45,7 +45,8 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
     key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
     port = free_port()
     env = process_env(settings, KAIHOOKS_METRICS_PORT=str(port), KAIHOOKS_LISTEN_HOST="127.0.0.1",
-                      KAIHOOKS_WORKER_POLL_S="0.05", KAIHOOKS_LEASE_S="3", KAIHOOKS_DELIVERY_TIMEOUT="1")
+                      KAIHOOKS_WORKER_POLL_S="0.05", KAIHOOKS_LEASE_S="3", KAIHOOKS_DELIVERY_TIMEOUT="1",
+                      KAIHOOKS_ENDPOINT_METRICS_S="0.5")
     worker = subprocess.Popen([sys.executable, "-m", "dispatcher"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

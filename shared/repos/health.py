@@ -64,12 +64,15 @@ async def most_behind(db: Executor, limit: int = 50) -> list[tuple[uuid.UUID, in
     return [(r["endpoint_id"], r["pending"], float(r["lag_s"])) for r in rows]
 
 
+BUSIEST_WINDOW = "5 minutes"  # what the worker's metrics look back over: bounded work at any rate
+
+
 async def busiest(db: Executor, limit: int = 50) -> list[tuple[uuid.UUID, float, int]]:
-    """The endpoints with the most attempts in the last hour: (id, success rate, p95 ms)."""
+    """The endpoints with the most attempts in the last five minutes: (id, success rate, p95 ms)."""
     rows = await db.fetch(
         f"""SELECT endpoint_id, count(*) FILTER (WHERE response_status BETWEEN 200 AND 299)::float / count(*) AS ok,
                    percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms
-            FROM attempts WHERE started_at > now() - interval '{WINDOW}'
+            FROM attempts WHERE started_at > now() - interval '{BUSIEST_WINDOW}'
             GROUP BY endpoint_id ORDER BY count(*) DESC LIMIT $1""",
         limit)
     return [(r["endpoint_id"], r["ok"], r["p95_ms"]) for r in rows]
