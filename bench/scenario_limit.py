@@ -25,7 +25,7 @@ TITLE = "Limit: a bare aiohttp client signing and POSTing 1 KiB webhooks to the 
 
 def _timing(quick: bool) -> dict[str, float]:
     if quick:
-        return {"warmup_s": 0.5, "duration_s": 2.0, "rounds": 1}
+        return {"warmup_s": 0.5, "duration_s": 1.5, "rounds": 1}
     return {"warmup_s": 1.0, "duration_s": 4.0, "rounds": 2}
 
 

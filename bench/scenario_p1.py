@@ -35,7 +35,7 @@ BACKLOG = 3_000  # acknowledged events not yet received that the publisher keeps
 
 def timing(quick: bool) -> dict[str, float]:
     if quick:
-        return {"limit_warmup_s": 0.5, "limit_s": 3.0, "warmup_s": 2.0, "duration_s": 10.0, "drain_s": 20.0,
+        return {"limit_warmup_s": 0.5, "limit_s": 2.0, "warmup_s": 1.5, "duration_s": 5.0, "drain_s": 20.0,
                 "profile_s": 8.0}
     return {"limit_warmup_s": 1.0, "limit_s": 8.0, "warmup_s": 4.0, "duration_s": 30.0, "drain_s": 30.0,
             "profile_s": 12.0}

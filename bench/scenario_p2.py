@@ -31,7 +31,7 @@ INTERVAL_S = 0.02  # one publish request every 20 ms (50 batches/s)
 
 def timing(quick: bool) -> dict[str, float]:
     if quick:
-        return {"warmup_s": 2.0, "duration_s": 6.0, "drain_s": 15.0, "profile_s": 8.0}
+        return {"warmup_s": 1.5, "duration_s": 4.0, "drain_s": 15.0, "profile_s": 8.0}
     return {"warmup_s": 3.0, "duration_s": 20.0, "drain_s": 20.0, "profile_s": 12.0}
 
 

@@ -43,7 +43,7 @@ HEALTHY, HANGING = "h/p3", "hang/p3"
 
 def timing(quick: bool) -> dict[str, float]:
     if quick:
-        return {"warmup_s": TIMEOUT_S + 2.0, "duration_s": 8.0, "paced_warmup_s": 2.0, "paced_s": 6.0,
+        return {"warmup_s": TIMEOUT_S + 1.5, "duration_s": 3.5, "paced_warmup_s": 1.5, "paced_s": 3.0,
                 "drain_s": 20.0}
     return {"warmup_s": TIMEOUT_S + 3.0, "duration_s": 30.0, "paced_warmup_s": 3.0, "paced_s": 20.0,
             "drain_s": 30.0}

@@ -36,7 +36,7 @@ MAX_WAIT_S = 300.0
 
 
 def _budget(quick: bool) -> float:
-    return 25.0 if quick else 150.0
+    return 15.0 if quick else 150.0
 
 
 def _drain(ctx: Context, receiver: delivery.Receiver, api: Any, api_port: int, world: delivery.World,
