@@ -465,25 +465,34 @@
         h("tbody", {}, rows)));
   }
 
-  async function loadKeys() {
+  /** Fetch one list page into the element ``selector``: null (with the error or the empty state shown there)
+   *  unless it has items, or if the business changed meanwhile. */
+  async function loadPage(selector, path, empty, hint) {
     const gen = state.gen;
-    const list = $("#keys-list");
+    const list = $(selector);
     list.setAttribute("aria-busy", "true");
     let page;
     try {
-      page = await api("GET", bizPath("/api-keys?limit=100"));
+      page = await api("GET", bizPath(path));
     } catch (err) {
       if (gen === state.gen) list.replaceChildren(h("p", { class: "form-error" }, err.message));
-      return;
+      return null;
     } finally {
       list.removeAttribute("aria-busy");
     }
-    if (gen !== state.gen) return;
+    if (gen !== state.gen) return null;
     if (!page.data.length) {
-      list.replaceChildren(h("p", { class: "empty" }, "No API keys yet.",
-        state.canWrite ? " Create one for each integration that needs access." : ""));
-      return;
+      list.replaceChildren(h("p", { class: "empty" }, empty, state.canWrite ? " " + hint : ""));
+      return null;
     }
+    return { list, page };
+  }
+
+  async function loadKeys() {
+    const loaded = await loadPage("#keys-list", "/api-keys?limit=100", "No API keys yet.",
+      "Create one for each integration that needs access.");
+    if (!loaded) return;
+    const { list, page } = loaded;
     const headings = ["Name", "Key", "Scopes", "Created", "Last used", "Expires"];
     if (state.canWrite) headings.push("Actions");
     const rows = page.data.map((key) => h("tr", {},
@@ -613,24 +622,10 @@
   }
 
   async function loadEndpoints() {
-    const gen = state.gen;
-    const list = $("#endpoints-list");
-    list.setAttribute("aria-busy", "true");
-    let page;
-    try {
-      page = await api("GET", bizPath("/webhook-endpoints?limit=100"));
-    } catch (err) {
-      if (gen === state.gen) list.replaceChildren(h("p", { class: "form-error" }, err.message));
-      return;
-    } finally {
-      list.removeAttribute("aria-busy");
-    }
-    if (gen !== state.gen) return;
-    if (!page.data.length) {
-      list.replaceChildren(h("p", { class: "empty" }, "No webhook endpoints yet.",
-        state.canWrite ? " Add one to have events sent to your own system." : ""));
-      return;
-    }
+    const loaded = await loadPage("#endpoints-list", "/webhook-endpoints?limit=100", "No webhook endpoints yet.",
+      "Add one to have events sent to your own system.");
+    if (!loaded) return;
+    const { list, page } = loaded;
     const cards = page.data.map((ep) => endpointCard(ep));
     fill(list, cards,
       page.next_cursor ? h("p", { class: "muted" }, "Showing the newest 100 endpoints.") : null);
