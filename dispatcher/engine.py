@@ -118,10 +118,6 @@ class Engine:
         except db.ERRORS:
             log.warning("could not release leases on stop; they expire by themselves", exc_info=True)
 
-    def wake(self) -> None:
-        """Look for due deliveries now rather than at the next poll."""
-        self._wake.set()
-
     # ---- intake --------------------------------------------------------------------------------
 
     def take(self, outbound: list[Outbound], secrets: dict[uuid.UUID, list[endpoint_repo.LiveSecret]]) -> None:
@@ -473,7 +469,7 @@ class Engine:
 
     async def _export_endpoint_health(self) -> None:
         """Endpoint health as metrics (bounded label sets): backlog and lag of the endpoints furthest behind,
-        success rate and p95 over the last hour of the busiest."""
+        success rate and p95 over the last five minutes of the busiest."""
         behind = await health_repo.most_behind(self.db)
         metrics.ENDPOINT_BACKLOG.clear()
         metrics.ENDPOINT_LAG.clear()

@@ -16,7 +16,7 @@ ATTEMPT_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("kaihooks_queue_depth", "Pending deliveries that are due now (all workers)")
 IN_FLIGHT = Gauge("kaihooks_in_flight", "Webhook requests this worker has in flight")
 HELD = Gauge("kaihooks_held_deliveries", "Deliveries this worker holds (queued or in flight)")
-SWEPT = Counter("kaihooks_sweeper_reenqueued_total", "Events fanned out by the sweeper after their job was lost")
+SWEPT = Counter("kaihooks_sweeper_reenqueued_total", "Events stored without deliveries, fanned out by the sweeper")
 ENDPOINTS_DISABLED = Counter("kaihooks_endpoints_disabled_total", "Endpoints disabled automatically", ["reason"])
 ENDPOINT_BACKLOG = Gauge("kaihooks_endpoint_backlog", "Pending deliveries of the endpoints furthest behind",
                          ["endpoint_id"])
