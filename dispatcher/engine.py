@@ -125,6 +125,10 @@ class Engine:
         bodies: dict[uuid.UUID, tuple[bytes, str]] = {}
         now = datetime.now(UTC)
         for o in outbound:
+            if o.id in self.held:
+                # Already queued or in flight here: its lease lapsed before a renewal (a busy loop) and this
+                # worker claimed it again. The claim renewed the lease; sending it twice would be a duplicate.
+                continue
             try:
                 lane = self._lane(o, secrets.get(o.endpoint_id, []))
             except (LookupError, InvalidTag):
