@@ -2,7 +2,7 @@
 
     .venv/bin/python chaos/repro_writer_shutdown.py      # exit 1: reproduced; 0: the writer survived 20 stops
 
-Starts a Postgres of its own (chaos/servers.py), migrates it, runs ``dispatcher.writer.ResultWriter`` against a
+Starts a Postgres of its own (chaos/servers.py), migrates it, runs ``dispatcher.record.ResultWriter`` against a
 pool made as the worker makes it, feeds it deferrals at the rate of a busy worker, and stops Postgres
 (``fast``, as ``pg_ctl stop -m fast`` or a deploy's restart does) for a second, up to 20 times. When a flush
 is in flight at the shutdown, asyncpg may report the dying connection as ``InternalClientError`` ("cannot
@@ -32,9 +32,9 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 
 from servers import Postgres  # noqa: E402
 
-from dispatcher.writer import ResultWriter  # noqa: E402
+from dispatcher.record import ResultWriter  # noqa: E402
 from shared.db import create_pool  # noqa: E402
-from shared.repos.deliveries import Deferral  # noqa: E402
+from shared.repos.delivery_results import Deferral  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 STOPS = 20
@@ -61,7 +61,7 @@ async def main() -> int:
         async def feed() -> None:
             while True:
                 for _ in range(50):
-                    writer.add_deferral(Deferral(uuid.uuid4(), datetime.now(UTC)))
+                    writer.add(Deferral(uuid.uuid4(), datetime.now(UTC)))
                 await asyncio.sleep(0.002)
 
         feeder = asyncio.create_task(feed())

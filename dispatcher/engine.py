@@ -1,49 +1,48 @@
-"""The delivery engine of one worker process.
+"""The delivery engine of one worker process: it wires the stages and owns what this worker holds.
 
-Deliveries reach it in batches claimed from Postgres (due, and leased to this worker): at once when
-Postgres notifies that new ones are due (events are fanned out as they are stored), and at every
-poll. Every endpoint has its own lane: a queue, a cap on requests in flight, and a circuit breaker.
-A slow or dead endpoint therefore fills only its own lane; the global slots stay free for the
-healthy ones. Outcomes go to the batched writer.
+    intake (claims, wake-ups, leases) -> lanes (one per endpoint: cap, slow start, breaker)
+      -> message (body, signed headers) -> send (the POST) -> outcome (verdict, next time)
+      -> record (the batched writer)
+
+Every claimed delivery settles: a send that fails in any way still gets an attempt and goes on with its
+schedule, and a delivery stays held (its lease renewed) until its record is written. A changed endpoint
+(notified at commit) is read again before its lane sends anything more: deleted, its queue is dropped;
+disabled, its queue fails; re-pointed or given new secrets, later sends use them. The schedule is a
+deadline: a delivery whose deadline comes while its endpoint is paused fails, saying so.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import random
 import time
 import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
-from cryptography.exceptions import InvalidTag
 
-from dispatcher import http
-from dispatcher.writer import ResultWriter
-from shared import db, ids, metrics, signing
-from shared.models import DeliveryStatus
-from shared.repos import audit
-from shared.repos import deliveries as delivery_repo
+from dispatcher import lanes, message, outcome, send
+from dispatcher.gauges import Gauges, Snapshot
+from dispatcher.intake import Intake
+from dispatcher.lanes import Lane
+from dispatcher.record import ResultWriter
+from dispatcher.refresh import refresh, set_secrets
+from dispatcher.supervisor import Supervisor
+from shared import db, ids, metrics
 from shared.repos import endpoints as endpoint_repo
-from shared.repos import health as health_repo
-from shared.repos.deliveries import AttemptResult, Deferral, Outbound
-from shared.secrets_box import Sealed, SecretBox, secret_bytes
+from shared.repos import handoff
+from shared.repos.delivery_results import AttemptResult, Deferral, Settlement
+from shared.repos.handoff import Outbound
+from shared.secrets_box import SecretBox
 from shared.settings import Settings
+from shared.webhook_service import disable_endpoint
 
 log = logging.getLogger("kaihooks.dispatcher")
 
-_MAX_CLAIM = 500
-UNFANNED_GRACE_S = 5.0  # events are fanned out as they are stored; any left after this are swept
-SWEEP_EVERY_S = 5.0
-LISTEN_RETRY_S = 2.0
-_MAX_CIRCUIT_OPEN_S = 600.0
+UNOPENABLE_RETRY_S = 60.0  # a secret sealed under a master key this process lacks: try again this much later
+CHANGE_MEMORY_S = 60.0  # how long an endpoint-changed message is remembered against racing claims
 
 
 @dataclass(slots=True)
@@ -51,460 +50,281 @@ class Job:
     delivery: Outbound
     body: bytes
     msg_id: str
-
-
-@dataclass(slots=True)
-class Lane:
-    """One endpoint, as this worker sees it."""
-
-    endpoint_id: uuid.UUID
-    business_id: uuid.UUID
-    url: str
-    enabled: bool
-    secrets: list[tuple[bytes, datetime | None]] = field(default_factory=list)
-    queue: collections.deque[Job] = field(default_factory=collections.deque)
-    in_flight: int = 0
-    cap: int = 1
-    failures: int = 0  # consecutive
-    timeouts: int = 0  # consecutive
-    open_until: float = 0.0  # monotonic; the breaker is open before it
-    open_s: float = 0.0
-    slow: bool = False  # its last failure was a timeout, and it has not answered in time since
+    deadline: datetime
 
 
 class Engine:
-    def __init__(self, settings: Settings, db: asyncpg.Pool, session: aiohttp.ClientSession, owner: str) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, session: aiohttp.ClientSession, owner: str) -> None:
         self.settings = settings
-        self.db = db
+        self.db = pool
         self.session = session
         self.owner = owner
-        self.writer = ResultWriter(db, owner)
-        self.box = SecretBox(settings.secret_key_bytes, settings.old_secret_keys_bytes)
-        self.lanes: dict[uuid.UUID, Lane] = {}
-        self.held: set[uuid.UUID] = set()
+        self.supervisor = Supervisor()
+        self.writer = ResultWriter(pool, owner, on_written=self._written)
+        self.keys = message.SecretKeys(SecretBox(settings.secret_key_bytes, settings.old_secret_keys_bytes))
+        self.policy = lanes.Policy(settings.circuit_failures, settings.circuit_timeouts, settings.circuit_open_s,
+                                   settings.endpoint_max_in_flight, settings.endpoint_max_in_flight * 10,
+                                   settings.delivery_timeout)
+        self.lanes: dict[uuid.UUID, Lane[Job]] = {}
+        self.held: dict[uuid.UUID, float] = {}  # delivery -> when claimed (monotonic), until its record is written
         self.in_flight = 0
         self.max_held = max(2000, settings.max_in_flight * 2)
-        self._lane_limit = settings.endpoint_max_in_flight * 10  # deliveries queued per endpoint, at most
-        self._waiting_lanes: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
-        self._sends: set[asyncio.Task[None]] = set()
-        self._loops: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
-        self._secret_cache: dict[bytes, bytes] = {}
-        self.stopping = False
-        self._last_complaint = -1e9
-
-    # ---- life cycle --------------------------------------------------------------------------
+        self._waiting: dict[uuid.UUID, None] = {}  # lanes waiting for a free slot of the worker's, in order
+        self._changed: dict[uuid.UUID, float] = {}  # endpoint -> when a change was last heard of (monotonic)
+        self.intake = Intake(
+            settings, pool, owner, self.supervisor, room=lambda: self.max_held - len(self.held),
+            busy_endpoints=self._busy_endpoints, known_endpoints=lambda: set(self.lanes), claimed=self.take,
+            endpoint_changed=self.endpoint_changed, listening_resumed=self._all_changed, held=lambda: list(self.held))
+        self.gauges = Gauges(settings, pool, self.supervisor, self._snapshot, self._tidy)
 
     def start(self) -> None:
-        self._loops = [asyncio.create_task(c) for c in (self.writer.run(), self._poll_loop(), self._heartbeat_loop(),
-                                                        self._listen_loop())]
+        self.supervisor.loop("writer", self.writer.run)
+        self.intake.start()
+        self.gauges.start()
 
     async def stop(self, grace_s: float = 8.0) -> None:
-        """Stop taking work, let sends in flight finish (up to ``grace_s``), hand back the rest."""
-        self.stopping = True
+        """Stop claiming, let sends in flight finish (up to ``grace_s``), write what they found, hand back
+        the rest."""
         deadline = time.monotonic() + grace_s
+        self.intake.stopping = True
+        await self.supervisor.stop_loops(keep=("writer", "leases"))
         now = datetime.now(UTC)
         for lane in self.lanes.values():
             while lane.queue:
                 self._defer(lane.queue.popleft(), now)
-        if self._sends:
-            await asyncio.wait(self._sends, timeout=max(0.1, deadline - time.monotonic()))
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.supervisor.finish_work(deadline - time.monotonic())
+        await self.supervisor.stop_loops()
         await self.writer.drain(max(1.0, deadline - time.monotonic()))
         try:
-            await delivery_repo.release(self.db, self.owner)
+            await handoff.release(self.db, self.owner)
         except db.ERRORS:
             log.warning("could not release leases on stop; they expire by themselves", exc_info=True)
 
-    # ---- intake --------------------------------------------------------------------------------
+    # ---- intake ------------------------------------------------------------------------------------
 
-    def take(self, outbound: list[Outbound], secrets: dict[uuid.UUID, list[endpoint_repo.LiveSecret]]) -> None:
+    def take(self, claimed: list[Outbound], secrets: dict[uuid.UUID, list[endpoint_repo.LiveSecret]],
+             claim_started: float) -> None:
         """Queue deliveries leased to this worker in their lanes and start what the lanes allow."""
         bodies: dict[uuid.UUID, tuple[bytes, str]] = {}
         now = datetime.now(UTC)
-        for o in outbound:
+        for o in claimed:
             if o.id in self.held:
-                # Already queued or in flight here: its lease lapsed before a renewal (a busy loop) and this
+                # Queued, in flight or being recorded here already: its lease lapsed before a renewal and this
                 # worker claimed it again. The claim renewed the lease; sending it twice would be a duplicate.
                 continue
-            try:
-                lane = self._lane(o, secrets.get(o.endpoint_id, []))
-            except (LookupError, InvalidTag):
-                # A secret sealed under a master key this process does not have: nothing can be
-                # signed. Say so loudly and try again later rather than send unsigned.
-                log.error("cannot open the endpoint's signing secret; check KAIHOOKS_OLD_SECRET_KEYS",
-                          extra={"endpoint_id": ids.encode("ep", o.endpoint_id)})
-                self.writer.add_deferral(Deferral(o.id, now + timedelta(seconds=60)))
-                continue
+            self.held[o.id] = time.monotonic()
+            lane = self.lanes.get(o.endpoint_id)
+            if lane is None:
+                lane = self.lanes[o.endpoint_id] = lanes.new_lane(o.endpoint_id, o.business_id, o.url, o.enabled,
+                                                                  self.policy)
+                if o.endpoint_id in secrets:
+                    set_secrets(lane, self.keys, secrets[o.endpoint_id])
+                else:
+                    lane.stale = True  # its lane was forgotten while this claim ran: read it afresh
+            if self._changed.get(o.endpoint_id, -1.0) >= claim_started:
+                lane.stale = True  # changed while this claim ran: what it read may be older
             if o.event_id not in bodies:
-                bodies[o.event_id] = self._body(o)
+                bodies[o.event_id] = message.envelope(o.event_id, o.event_type, o.business_id, o.occurred_at,
+                                                      o.data_json)
             body, msg_id = bodies[o.event_id]
-            if len(lane.queue) >= self._room(lane):
-                # The lane is full: hand the delivery back rather than hold it (held deliveries use up
-                # this worker's room for everyone else's), due when the lane may have room again.
-                self.writer.add_deferral(Deferral(o.id, self._when_room(lane, now)))
-                continue
-            self.held.add(o.id)
-            lane.queue.append(Job(o, body, msg_id))
-        for endpoint_id in {o.endpoint_id for o in outbound}:
-            if endpoint_id in self.lanes:
-                self._pump(self.lanes[endpoint_id])
+            job = Job(o, body, msg_id, self._deadline(o))
+            if job.deadline <= now and o.paused_until is not None and o.paused_until > now:
+                self._fail_paused(lane, [job])
+            elif len(lane.queue) >= lanes.room(lane, self.policy):
+                # The lane is full: hand the delivery back rather than hold it (held deliveries use up this
+                # worker's room for everyone else's), due when the lane may have room again.
+                self._defer(job, lanes.refill_at(lane, self.policy, now))
+            else:
+                lane.queue.append(job)
+        for endpoint_id in {o.endpoint_id for o in claimed}:
+            if (lane := self.lanes.get(endpoint_id)) is not None:
+                self._pump(lane)
 
-    def _lane(self, o: Outbound, sealed: list[endpoint_repo.LiveSecret]) -> Lane:
-        lane = self.lanes.get(o.endpoint_id)
-        if lane is None:
-            # Slow start: two requests at once, one more after each success up to the cap, one after a
-            # timeout. A hanging endpoint thus holds few of the worker's slots.
-            lane = self.lanes[o.endpoint_id] = Lane(o.endpoint_id, o.business_id, o.url, o.enabled,
-                                                    cap=min(2, self.settings.endpoint_max_in_flight))
-        lane.url, lane.enabled = o.url, o.enabled
-        if sealed:
-            lane.secrets = [(self._open(s.sealed), s.expires_at) for s in sealed]
-        return lane
+    def _deadline(self, o: Outbound) -> datetime:
+        if o.deadline_at is not None:
+            return o.deadline_at
+        return outcome.deadline(o.created_at, self.settings.retry_schedule)  # a row of an older release
 
-    def _open(self, sealed: Sealed) -> bytes:
-        cache_key = sealed.nonce
-        key = self._secret_cache.get(cache_key)
-        if key is None:
-            if len(self._secret_cache) > 50_000:
-                self._secret_cache.clear()
-            key = self._secret_cache[cache_key] = secret_bytes(self.box.open(sealed))
-        return key
-
-    @staticmethod
-    def _body(o: Outbound) -> tuple[bytes, str]:
-        msg_id = ids.encode("evt", o.event_id)
-        body = orjson.dumps(
-            {"id": msg_id, "type": o.event_type, "timestamp": o.occurred_at,
-             "business_id": ids.encode("biz", o.business_id), "data": orjson.Fragment(o.data_json)},
-            option=orjson.OPT_UTC_Z,
-        )
-        return body, msg_id
-
-    # ---- sending -------------------------------------------------------------------------------
-
-    def _room(self, lane: Lane) -> int:
-        """How many deliveries a lane may hold queued: plenty while the endpoint answers in time, only
-        what it can have in flight once it times out (so hanging endpoints never fill this worker)."""
-        return max(1, lane.cap) if lane.slow or self._tripped(lane) else self._lane_limit
-
-    def _when_room(self, lane: Lane, now: datetime) -> datetime:
-        """When a delivery handed back from a full lane is due again: a slow endpoint's lane frees up no
-        sooner than a request times out (so its deliveries do not crowd the due ones meanwhile)."""
-        slow = lane.slow or self._tripped(lane)  # a tripped endpoint gets one probe at a time
-        return now + timedelta(seconds=self.settings.delivery_timeout) if slow else now
-
-    def _pump(self, lane: Lane) -> None:
+    def _busy_endpoints(self) -> list[uuid.UUID]:
+        """Endpoints whose lanes take nothing more now (the claim leaves their deliveries to others)."""
         now = time.monotonic()
-        if lane.queue and not lane.enabled:
-            self._fail_disabled(lane)
-            return
-        if lane.open_until > now and lane.queue:
-            # Breaker open: hand the queue back, due when it may close; no attempt is spent.
-            at = datetime.now(UTC) + timedelta(seconds=lane.open_until - now)
+        return [lane.endpoint_id for lane in self.lanes.values()
+                if lanes.is_open(lane, now) or len(lane.queue) >= lanes.room(lane, self.policy)]
+
+    # ---- endpoint changes --------------------------------------------------------------------------
+
+    def endpoint_changed(self, endpoint_id: uuid.UUID) -> None:
+        """Committed: the endpoint changed. Its lane sends nothing more until it has been read again."""
+        self._changed[endpoint_id] = time.monotonic()
+        lane = self.lanes.get(endpoint_id)
+        if lane is not None:
+            lane.stale = True
+            self._pump(lane)
+
+    def _all_changed(self) -> None:
+        for endpoint_id in list(self.lanes):
+            self.endpoint_changed(endpoint_id)
+
+    async def _refresh(self, lane: Lane[Job]) -> None:
+        await refresh(self.db, lane, self.keys, self.policy)
+        self._pump(lane)
+
+    # ---- lanes -------------------------------------------------------------------------------------
+
+    def _pump(self, lane: Lane[Job]) -> None:
+        if lane.gone:  # deleted: its deliveries went with it
             while lane.queue:
-                self._defer(lane.queue.popleft(), at)
+                self.held.pop(lane.queue.popleft().delivery.id, None)
             return
-        room = self._room(lane)
-        if len(lane.queue) > room:
-            # The endpoint has gone slow: keep what it can take now, hand the rest back (no attempt spent),
-            # due when it may have room again.
-            due = self._when_room(lane, datetime.now(UTC))
-            while len(lane.queue) > room:
-                self._defer(lane.queue.pop(), due)
-        half_open = self._tripped(lane)
-        cap = 1 if half_open else lane.cap
-        while lane.queue and lane.in_flight < cap:
-            if self.in_flight >= self.settings.max_in_flight:
-                self._waiting_lanes[lane.endpoint_id] = None
-                return
+        if lane.stale:
+            if not lane.refreshing:
+                lane.refreshing = True
+                self.supervisor.spawn(self._refresh(lane), "could not read a changed endpoint")
+            return
+        if not lane.enabled:
+            self._fail_unsent(lane, "endpoint disabled")
+            return
+        now, wall = time.monotonic(), datetime.now(UTC)
+        if not lane.secrets:
+            self._defer_all(lane, wall + timedelta(seconds=UNOPENABLE_RETRY_S))
+            return
+        if lanes.is_open(lane, now):
+            # Paused: hand the queue back, due when it may close (no attempt spent), or at its deadline.
+            reopen = wall + timedelta(seconds=lane.open_until - now)
+            late = [job for job in lane.queue if job.deadline <= wall]
+            for job in lane.queue:
+                if job.deadline > wall:
+                    self._defer(job, min(reopen, job.deadline))
+            lane.queue.clear()
+            self._fail_paused(lane, late)
+            return
+        room = lanes.room(lane, self.policy)
+        while len(lane.queue) > room:  # it has gone slow: keep what it can take now
+            self._defer(lane.queue.pop(), lanes.refill_at(lane, self.policy, wall))
+        for _ in range(lanes.admit(lane, self.policy, now, self.settings.max_in_flight - self.in_flight)):
             job = lane.queue.popleft()
             lane.in_flight += 1
             self.in_flight += 1
-            task = asyncio.create_task(self._send(lane, job))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            self.supervisor.spawn(self._send(lane, job), "a send failed unexpectedly")
+        if lane.queue and self.in_flight >= self.settings.max_in_flight:
+            self._waiting[lane.endpoint_id] = None
 
     def _pump_waiting(self) -> None:
-        while self._waiting_lanes and self.in_flight < self.settings.max_in_flight:
-            endpoint_id, _ = self._waiting_lanes.popitem(last=False)
-            lane = self.lanes.get(endpoint_id)
-            if lane is not None:
+        while self._waiting and self.in_flight < self.settings.max_in_flight:
+            endpoint_id = next(iter(self._waiting))
+            del self._waiting[endpoint_id]
+            if (lane := self.lanes.get(endpoint_id)) is not None:
                 self._pump(lane)
 
-    async def _send(self, lane: Lane, job: Job) -> None:
-        started_at = datetime.now(UTC)
-        timestamp = int(time.time())
-        now = datetime.now(UTC)
-        keys = [k for k, expires in lane.secrets if expires is None or expires > now]
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": job.msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signing.signature_header(keys, job.msg_id, timestamp, job.body),
-        }
+    # ---- send and settle ---------------------------------------------------------------------------
+
+    async def _send(self, lane: Lane[Job], job: Job) -> None:
+        started_at, started = datetime.now(UTC), time.monotonic()
         url = lane.url
         try:
-            outcome = await http.post(
-                self.session, url, job.body, headers, timeout_s=self.settings.delivery_timeout,
-                max_read=self.settings.max_response_bytes, retry_after_cap_s=self.settings.retry_after_cap_s,
-            )
+            keys = [k for k, expires in lane.secrets if expires is None or expires > started_at]
+            headers = message.signed_headers(keys, job.msg_id, int(started_at.timestamp()), job.body)
+            result = await send.post(self.session, url, job.body, headers, timeout_s=self.settings.delivery_timeout,
+                                     max_read=self.settings.max_response_bytes,
+                                     retry_after_cap_s=self.settings.retry_after_cap_s)
+        except Exception as exc:  # a bug of ours must not strand the delivery: it gets an attempt all the same
+            log.exception("unexpected error while sending", extra={"delivery_id": ids.encode("dlv", job.delivery.id)})
+            result = outcome.from_exception(exc, int((datetime.now(UTC) - started_at).total_seconds() * 1000),
+                                            self.settings.delivery_timeout)
         finally:
             lane.in_flight -= 1
             self.in_flight -= 1
-        self._settle(lane, job, outcome, started_at, url)
+        try:
+            self._settle(lane, job, result, started_at, started, url)
+        except Exception:  # never leave it held: hand it back for another try
+            log.exception("could not settle a delivery; handing it back", extra={
+                "delivery_id": ids.encode("dlv", job.delivery.id)})
+            self._defer(job, datetime.now(UTC) + timedelta(seconds=self.settings.delivery_timeout))
         self._pump(lane)
         self._pump_waiting()
 
-    def _settle(self, lane: Lane, job: Job, outcome: http.Outcome, started_at: datetime, url: str) -> None:
+    def _settle(self, lane: Lane[Job], job: Job, result: outcome.Outcome, started_at: datetime, started: float,
+                url: str) -> None:
         o = job.delivery
-        number = o.attempt_count + 1
-        status: DeliveryStatus
-        next_at: datetime | None = None
-        if outcome.ok:
-            status = "succeeded"
-            if lane.open_s or lane.slow:  # it had been paused: no longer
-                self._spawn(endpoint_repo.resume(self.db, lane.endpoint_id), "could not resume the endpoint")
-            lane.failures, lane.timeouts, lane.open_s, lane.slow = 0, 0, 0.0, False
-            lane.cap = min(self.settings.endpoint_max_in_flight, lane.cap + 1)
+        if result.ok:
+            if lanes.on_success(lane, self.policy):  # it had been paused: no longer, for every worker
+                self.supervisor.spawn(endpoint_repo.resume(self.db, lane.endpoint_id), "could not resume the endpoint")
         else:
-            self._note_failure(lane, outcome)
-            delay = self._next_delay(o, number, outcome)
-            if outcome.status == 410 or delay is None:
-                status = "failed"
-            else:
-                status, next_at = "pending", started_at + timedelta(seconds=delay)
-        self.held.discard(o.id)
-        metrics.ATTEMPT_SECONDS.labels(metrics.result_class(outcome.status)).observe(outcome.duration_ms / 1000)
-        metrics.DELIVERIES.labels("retrying" if status == "pending" else status).inc()
-        self.writer.add_result(AttemptResult(
-            delivery_id=o.id, endpoint_id=o.endpoint_id, number=number, started_at=started_at,
-            duration_ms=outcome.duration_ms, response_status=outcome.status, response_body=outcome.body_excerpt,
-            error=outcome.error, error_kind=outcome.error_kind, trigger=o.trigger, url=url, status=status,
-            next_attempt_at=next_at, succeeded=outcome.ok,
-        ))
-        if outcome.status == 410:
-            asyncio.create_task(self._disable(lane, "the endpoint answered 410 Gone"))  # noqa: RUF006
-        if not outcome.ok:
+            pause = lanes.on_failure(lane, self.policy, result, time.monotonic(), datetime.now(UTC),
+                                     random.uniform(0.8, 1.2), started)
+            if pause is not None:
+                self.supervisor.spawn(endpoint_repo.pause(self.db, lane.endpoint_id, pause.until, pause.move_pending,
+                                                          self.settings.retry_deadline_s),
+                                      "could not pause the endpoint")
+                if pause.tripped:
+                    log.warning("endpoint breaker open: its deliveries wait", extra={
+                        "endpoint_id": ids.encode("ep", lane.endpoint_id),
+                        "business_id": ids.encode("biz", lane.business_id), "failures": lane.failures,
+                        "open_s": lane.open_s})
+        schedule = self.settings.retry_schedule if o.schedule == "normal" else self.settings.replay_schedule
+        verdict = outcome.decide(result, attempt=o.attempt_count + 1, schedule_start=o.schedule_start,
+                                 schedule=schedule, started_at=started_at, deadline_at=job.deadline,
+                                 jitter=random.uniform(0.8, 1.2))
+        metrics.ATTEMPT_SECONDS.labels(metrics.result_class(result.status)).observe(result.duration_ms / 1000)
+        metrics.DELIVERIES.labels("retrying" if verdict.status == "pending" else verdict.status).inc()
+        self.writer.add(AttemptResult(
+            delivery_id=o.id, endpoint_id=o.endpoint_id, started_at=started_at, duration_ms=result.duration_ms,
+            response_status=result.status, response_body=result.body_excerpt, error=result.error,
+            error_kind=result.error_kind, trigger=o.trigger, url=url, status=verdict.status,
+            next_attempt_at=verdict.next_attempt_at, succeeded=result.ok))
+        if result.status == 410 and lane.enabled:
+            lane.enabled = False
+            self.supervisor.spawn(disable_endpoint(self.db, lane.endpoint_id, "the endpoint answered 410 Gone", "gone"),
+                                  "could not disable the endpoint")
+        if not result.ok:
             log.info("delivery attempt failed", extra={
                 "delivery_id": ids.encode("dlv", o.id), "event_id": job.msg_id,
                 "endpoint_id": ids.encode("ep", o.endpoint_id), "business_id": ids.encode("biz", o.business_id),
-                "attempt": number, "error_kind": outcome.error_kind, "status": status})
-
-    def _note_failure(self, lane: Lane, outcome: http.Outcome) -> None:
-        lane.failures += 1
-        lane.timeouts = lane.timeouts + 1 if outcome.error_kind == "timeout" else 0
-        if outcome.error_kind == "timeout":
-            lane.cap = 1  # a slow endpoint gets one request at a time until it answers again
-            lane.slow = True
-            # ...and, for every worker, new deliveries to it are due no sooner than that request could time
-            # out again (until then they would only sit due, for every claim to step over).
-            until = datetime.now(UTC) + timedelta(seconds=self.settings.delivery_timeout)
-            self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until, move_pending=False),
-                        "could not pause the endpoint")
-        now = time.monotonic()
-        if self._tripped(lane) and lane.open_until <= now:
-            # Trip (again): once per trip, however many requests in flight fail with it.
-            lane.open_s = min(_MAX_CIRCUIT_OPEN_S, lane.open_s * 2 if lane.open_s else self.settings.circuit_open_s)
-            # ±20 % so endpoints that failed together do not all come back (with their backlogs) at once
-            open_for = lane.open_s * random.uniform(0.8, 1.2)
-            lane.open_until = now + open_for
-            until = datetime.now(UTC) + timedelta(seconds=open_for)
-            self._spawn(endpoint_repo.pause(self.db, lane.endpoint_id, until, move_pending=True),
-                        "could not pause the endpoint")
-            log.warning("endpoint breaker open: its deliveries wait", extra={
-                "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
-                "failures": lane.failures, "open_s": lane.open_s})
-
-    def _tripped(self, lane: Lane) -> bool:
-        """Enough consecutive failures, or timeouts, to open (or keep half-open) the endpoint's breaker."""
-        return lane.failures >= self.settings.circuit_failures or lane.timeouts >= self.settings.circuit_timeouts
-
-    def _next_delay(self, o: Outbound, number: int, outcome: http.Outcome) -> float | None:
-        """Seconds until the next attempt, or None when the schedule is spent."""
-        schedule = self.settings.retry_schedule if o.schedule == "normal" else self.settings.replay_schedule
-        index = number - o.schedule_start - 1
-        if index >= len(schedule):
-            return None
-        delay = schedule[index] * random.uniform(0.8, 1.2)
-        if outcome.retry_after_s is not None:
-            delay = max(delay, outcome.retry_after_s)
-        return delay
-
-    def _spawn(self, work: Coroutine[Any, Any, object], failure: str) -> None:
-        """Run a database update beside the hot path; a failure is logged (the next trip or success redoes it)."""
-        async def run() -> None:
-            try:
-                await work
-            except db.ERRORS as exc:
-                self._complain(failure, exc)
-
-        task = asyncio.create_task(run())
-        self._sends.add(task)  # kept alive, and awaited at stop like a send
-        task.add_done_callback(self._sends.discard)
+                "attempt": o.attempt_count + 1, "error_kind": result.error_kind, "reason": result.error,
+                "status": verdict.status})
 
     def _defer(self, job: Job, at: datetime) -> None:
         metrics.DELIVERIES.labels("deferred").inc()
-        self.held.discard(job.delivery.id)
-        self.writer.add_deferral(Deferral(job.delivery.id, at))
+        self.writer.add(Deferral(job.delivery.id, at))
 
-    def _fail_disabled(self, lane: Lane) -> None:
+    def _defer_all(self, lane: Lane[Job], at: datetime) -> None:
+        while lane.queue:
+            self._defer(lane.queue.popleft(), at)
+
+    def _fail_unsent(self, lane: Lane[Job], reason: str) -> None:
         jobs = list(lane.queue)
         lane.queue.clear()
         if jobs:
-            log.info("deliveries skipped: the endpoint is disabled", extra={
+            log.info("deliveries not sent", extra={
                 "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
-                "delivery_ids": [ids.encode("dlv", j.delivery.id) for j in jobs[:20]], "count": len(jobs)})
+                "reason": reason, "delivery_ids": [ids.encode("dlv", j.delivery.id) for j in jobs[:20]],
+                "count": len(jobs)})
         for job in jobs:
-            self.held.discard(job.delivery.id)
-        asyncio.create_task(delivery_repo.fail_for_disabled_endpoint(  # noqa: RUF006
-            self.db, [j.delivery.id for j in jobs], self.owner))
+            metrics.DELIVERIES.labels("failed").inc()
+            self.writer.add(Settlement(job.delivery.id, job.delivery.endpoint_id, reason, exhausted=False))
 
-    async def _disable(self, lane: Lane, reason: str) -> None:
-        lane.enabled = False
-        endpoint = await endpoint_repo.disable(self.db, lane.endpoint_id, reason)
-        if endpoint is not None:
-            metrics.ENDPOINTS_DISABLED.labels("gone").inc()
-            await audit.record(self.db, action="endpoint.disabled", business_id=endpoint.business_id,
-                               target_id=endpoint.public_id, details={"reason": reason})
-            log.warning("endpoint disabled", extra={"endpoint_id": endpoint.public_id,
-                                                   "business_id": ids.encode("biz", endpoint.business_id),
-                                                   "reason": reason})
-        self._fail_disabled(lane)
+    def _fail_paused(self, lane: Lane[Job], jobs: list[Job]) -> None:
+        """Their deadline came while the endpoint was paused: failed, saying why."""
+        for job in jobs:
+            o = job.delivery
+            reason = outcome.paused_reason(max(lane.failures, o.failure_streak), lane.failing_since or o.failing_since)
+            metrics.DELIVERIES.labels("failed").inc()
+            self.writer.add(Settlement(o.id, o.endpoint_id, reason, exhausted=True))
 
-    # ---- loops ---------------------------------------------------------------------------------
+    # ---- bookkeeping -------------------------------------------------------------------------------
 
-    async def poll_once(self) -> int:
-        """Claim due deliveries that nobody holds, up to what this worker has room for."""
-        room = min(_MAX_CLAIM, self.max_held - len(self.held))
-        if self.stopping or room <= 0:
-            return 0
+    def _written(self, delivery_ids: list[uuid.UUID]) -> None:
+        for delivery_id in delivery_ids:
+            self.held.pop(delivery_id, None)
+
+    def _snapshot(self) -> Snapshot:
+        oldest = min(self.held.values(), default=None)
+        return Snapshot(len(self.held), time.monotonic() - oldest if oldest is not None else 0.0, self.in_flight)
+
+    def _tidy(self) -> None:
+        """Forget lanes with nothing to do or remember, and old change notices (memory stays bounded)."""
         now = time.monotonic()
-        busy = [lane.endpoint_id for lane in self.lanes.values()
-                if lane.open_until > now or len(lane.queue) >= self._room(lane)]
-        claimed = await delivery_repo.claim_due(self.db, self.owner, room, self.settings.lease_s, busy)
-        if claimed:
-            secrets = await endpoint_repo.live_secrets(self.db, list({o.endpoint_id for o in claimed}))
-            self.take(claimed, secrets)
-        return len(claimed)
-
-    async def sweep_unfanned(self) -> int:
-        """Fan out events stored without their deliveries (by an API process of an older release, during a
-        rolling upgrade). The deliveries are then due like any other."""
-        event_ids = await delivery_repo.unfanned_events(self.db, UNFANNED_GRACE_S, 1000)
-        if not event_ids:
-            return 0
-        created = await delivery_repo.fan_out(self.db, event_ids)
-        metrics.SWEPT.inc(len(event_ids))
-        log.warning("swept events that missed their fan-out", extra={"events": len(event_ids), "deliveries": created})
-        return len(event_ids)
-
-    async def _poll_loop(self) -> None:
-        """Claim due deliveries (every ``worker_poll_s``, or at once when woken) and sweep missed fan-outs.
-        Needs only Postgres, so deliveries go on while Redis is away."""
-        next_sweep = 0.0
-        while True:
-            try:
-                if not self.stopping and time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + SWEEP_EVERY_S
-                    await self.sweep_unfanned()
-                while await self.poll_once() >= _MAX_CLAIM:
-                    pass
-            except db.ERRORS as exc:
-                self._complain("could not claim due deliveries (Postgres unavailable?)", exc)
-            except Exception as exc:  # this loop must outlive any one bad batch
-                self._complain("unexpected error while claiming due deliveries", exc, error=True)
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-
-    async def _listen_loop(self) -> None:
-        """Hold a connection listening on ``DUE_CHANNEL``: Postgres notifies it when a transaction that made
-        deliveries due now commits, and the poll loop then claims them at once. If the connection is lost,
-        the poll loop's timer still finds everything; listening resumes as soon as Postgres is back."""
-        while True:
-            lost = asyncio.Event()
-
-            def wake(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-                if payload.startswith(delivery_repo.ENDPOINT_CHANGED):
-                    self._reset_breaker(uuid.UUID(payload.removeprefix(delivery_repo.ENDPOINT_CHANGED)))
-                self._wake.set()
-
-            try:
-                async with self.db.acquire() as conn:
-                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                    await conn.add_listener(delivery_repo.DUE_CHANNEL, wake)
-                    try:
-                        self._wake.set()  # anything made due while nobody listened
-                        await lost.wait()
-                    finally:
-                        if not conn.is_closed():  # hand the connection back to the pool as it was
-                            await asyncio.shield(conn.remove_listener(delivery_repo.DUE_CHANNEL, wake))
-            except db.ERRORS as exc:
-                self._complain("could not listen for due deliveries (Postgres unavailable?)", exc)
-            await asyncio.sleep(LISTEN_RETRY_S)
-
-    def _reset_breaker(self, endpoint_id: uuid.UUID) -> None:
-        """The endpoint was changed or enabled: start it afresh (slow start, no failures, breaker closed)."""
-        lane = self.lanes.get(endpoint_id)
-        if lane is not None:
-            lane.failures, lane.timeouts, lane.open_until, lane.open_s, lane.slow = 0, 0, 0.0, 0.0, False
-            lane.cap = min(2, self.settings.endpoint_max_in_flight)
-
-    def _complain(self, message: str, exc: BaseException, error: bool = False) -> None:
-        """Log a failing loop's error once, then at most every 30 s while it keeps failing."""
-        now = time.monotonic()
-        if now - self._last_complaint < 30:
-            return
-        self._last_complaint = now
-        log.log(logging.ERROR if error else logging.WARNING, message, exc_info=exc)
-
-    def _forget_idle_lanes(self) -> None:
-        """Drop lanes with nothing to do and nothing to remember (memory stays bounded by activity)."""
-        now = time.monotonic()
-        idle = [eid for eid, lane in self.lanes.items()
-                if not lane.queue and not lane.in_flight and not lane.failures and lane.open_until < now]
-        for endpoint_id in idle:
+        for endpoint_id in [e for e, lane in self.lanes.items() if lanes.idle(lane, now) or (lane.gone
+                            and not lane.in_flight)]:
             del self.lanes[endpoint_id]
-
-    async def _export_endpoint_health(self) -> None:
-        """Endpoint health as metrics (bounded label sets): backlog and lag of the endpoints furthest behind,
-        success rate and p95 over the last five minutes of the busiest."""
-        behind = await health_repo.most_behind(self.db)
-        metrics.ENDPOINT_BACKLOG.clear()
-        metrics.ENDPOINT_LAG.clear()
-        for endpoint_id, backlog, lag_s in behind:
-            label = ids.encode("ep", endpoint_id)
-            metrics.ENDPOINT_BACKLOG.labels(label).set(backlog)
-            metrics.ENDPOINT_LAG.labels(label).set(lag_s)
-        busiest = await health_repo.busiest(self.db)
-        metrics.ENDPOINT_SUCCESS.clear()
-        metrics.ENDPOINT_P95.clear()
-        for endpoint_id, ok, p95_ms in busiest:
-            label = ids.encode("ep", endpoint_id)
-            metrics.ENDPOINT_SUCCESS.labels(label).set(ok)
-            metrics.ENDPOINT_P95.labels(label).set(p95_ms / 1000)
-
-    async def _heartbeat_loop(self) -> None:
-        next_health = 0.0
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            self._forget_idle_lanes()
-            metrics.IN_FLIGHT.set(self.in_flight)
-            metrics.HELD.set(len(self.held))
-            try:
-                metrics.QUEUE_DEPTH.set(await delivery_repo.due_count(self.db))
-                if time.monotonic() >= next_health:  # aggregate queries: not on every heartbeat
-                    next_health = time.monotonic() + self.settings.endpoint_metrics_s
-                    await self._export_endpoint_health()
-            except db.ERRORS as exc:
-                self._complain("could not measure the queue depth", exc)
-            if self.held:
-                try:
-                    await delivery_repo.renew_leases(self.db, list(self.held), self.owner, self.settings.lease_s)
-                except db.ERRORS as exc:
-                    self._complain("could not renew leases", exc)
+        self._changed = {e: at for e, at in self._changed.items() if now - at < CHANGE_MEMORY_S}

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatcher.engine import Engine
-from shared import ids, metrics
 from shared.publishing import bump_data_versions
-from shared.repos import Executor, audit
+from shared.repos import Executor
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import retention as retention_repo
 from shared.repos import sessions as session_repo
 from shared.settings import Settings
+from shared.webhook_service import disable_endpoint
 
 log = logging.getLogger("kaihooks.dispatcher")
 
@@ -31,16 +31,8 @@ async def disable_failing_endpoints(ctx: dict[str, Any]) -> int:
         f"every attempt failed for {settings.disable_after_failing_s} s"
     count = 0
     for endpoint in await endpoint_repo.failing_since_before(engine.db, cutoff):
-        disabled = await endpoint_repo.disable(engine.db, endpoint.id, reason)
-        if disabled is None:
-            continue
-        count += 1
-        metrics.ENDPOINTS_DISABLED.labels("failing").inc()
-        await audit.record(engine.db, action="endpoint.disabled", business_id=endpoint.business_id,
-                           target_id=endpoint.public_id, details={"reason": reason})
-        log.warning("endpoint disabled", extra={"endpoint_id": endpoint.public_id,
-                                               "business_id": ids.encode("biz", endpoint.business_id),
-                                               "reason": reason})
+        if await disable_endpoint(engine.db, endpoint.id, reason, "failing") is not None:
+            count += 1
     return count
 
 

@@ -16,7 +16,7 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Worker
 
-from dispatcher import http, jobs
+from dispatcher import jobs, send
 from dispatcher.engine import Engine
 from shared.db import create_pool
 from shared.settings import Settings
@@ -30,7 +30,7 @@ RECONNECT_MAX_S = 10.0
 async def startup(settings: Settings) -> dict[str, Any]:
     """The resources every job shares: Postgres pool, HTTP session, the engine (started)."""
     db = await create_pool(settings, min_size=2, max_size=max(4, settings.db_pool_max_size))
-    session = http.new_session(settings.delivery_timeout, settings.allow_private_targets, settings.max_in_flight)
+    session = send.new_session(settings.delivery_timeout, settings.allow_private_targets, settings.max_in_flight)
     owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
     engine = Engine(settings, db, session, owner)
     engine.start()

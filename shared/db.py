@@ -17,6 +17,12 @@ Connection = asyncpg.Connection
 # asyncpg's InternalClientError, which is neither a PostgresError nor an InterfaceError.)
 ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
           asyncpg.exceptions.InternalClientError)
+# Of those, the ones that mean Postgres is not there (or not taking work now) rather than refusing the
+# statement: a writer keeps its batch and tries again; for any other error it looks for the bad row.
+UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+               asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+               asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
+               asyncpg.exceptions.CannotConnectNowError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

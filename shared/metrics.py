@@ -15,7 +15,18 @@ ATTEMPT_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge("kaihooks_queue_depth", "Pending deliveries that are due now (all workers)")
 IN_FLIGHT = Gauge("kaihooks_in_flight", "Webhook requests this worker has in flight")
-HELD = Gauge("kaihooks_held_deliveries", "Deliveries this worker holds (queued or in flight)")
+HELD = Gauge("kaihooks_held_deliveries",
+             "Deliveries this worker holds (queued, in flight, or waiting for their result to be written)")
+OLDEST_HELD = Gauge("kaihooks_oldest_held_seconds", "How long this worker has held its oldest delivery")
+CLAIMED = Counter("kaihooks_deliveries_claimed_total", "Deliveries this worker claimed")
+WRITER_FLUSH_FAILURES = Counter(
+    "kaihooks_writer_flush_failures_total", "Result-writer flushes that failed",
+    ["reason"],  # unavailable (Postgres away: the batch is kept) | rejected (a bad row: the batch is split)
+)
+RESULTS_DROPPED = Counter(
+    "kaihooks_results_dropped_total", "Delivery results not written",
+    ["reason"],  # vanished (the delivery was deleted with its endpoint) | rejected (Postgres refused the row)
+)
 SWEPT = Counter("kaihooks_sweeper_reenqueued_total", "Events stored without deliveries, fanned out by the sweeper")
 ENDPOINTS_DISABLED = Counter("kaihooks_endpoints_disabled_total", "Endpoints disabled automatically", ["reason"])
 ENDPOINT_BACKLOG = Gauge("kaihooks_endpoint_backlog", "Pending deliveries of the endpoints furthest behind",

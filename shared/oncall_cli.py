@@ -144,7 +144,7 @@ async def deliveries_show(db: asyncpg.Pool, settings: Settings, args: argparse.N
 
 async def deliveries_retry(db: asyncpg.Pool, settings: Settings, args: argparse.Namespace) -> None:
     wanted = [_id("dlv", text, "a delivery id") for text in args.ids]
-    found = await delivery_repo.send_now(db, wanted, "retry")
+    found = await delivery_repo.send_now(db, wanted, "retry", settings.replay_deadline_s)
     if found < len(wanted):
         missing = [t for t, v in zip(args.ids, wanted, strict=True) if await delivery_repo.get_any(db, v) is None]
         raise NotFound(f"no such delivery: {', '.join(missing)} (the others are queued)")
@@ -210,7 +210,8 @@ async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse
             print(table(["last response", "count"], sorted(plan.by_last_status.items())))
         return
     job = await recovery.start(db, endpoint_id, since=since, until=until, include_missed=args.include_missed,
-                               rate_per_s=args.rate, actor=_cli_actor(), audit_actor={})
+                               rate_per_s=args.rate, actor=_cli_actor(), audit_actor={},
+                               deadline_s=settings.replay_deadline_s)
     job_text = ids.encode("rcv", job.id)
     print(f"recover {job_text}: {job.total} delivery(ies) at most {args.rate:g}/s "
           f"(cancel: Ctrl-C, or POST /v1/businesses/…/recover-jobs/{job_text}/cancel)")

@@ -108,9 +108,10 @@ async def bump_data_versions(redis: Redis, business_ids: set[uuid.UUID]) -> None
 
 
 async def publish(
-    db: asyncpg.Pool, redis: Redis, events: Sequence[EventIn], locs: Sequence[list[str | int]]
+    db: asyncpg.Pool, redis: Redis, events: Sequence[EventIn], locs: Sequence[list[str | int]], deadline_s: float
 ) -> list[Accepted]:
-    """Store the events (all or none) and return, in order, each one's id and whether it was a repeat."""
+    """Store the events (all or none) and return, in order, each one's id and whether it was a repeat. Their
+    deliveries are failed ``deadline_s`` (the retry schedule's total) from now at the latest."""
     prepared = _prepare(events, locs)
     # A repeated idempotency key inside the batch: the first occurrence is the event.
     first_of: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
@@ -126,7 +127,7 @@ async def publish(
     changes = _changes(unique)
     try:
         inserted = await ingest.accept(db, [p.event for p in unique], changes["agents"], changes["calls"],
-                                       changes["leads"])
+                                       changes["leads"], deadline_s)
     except asyncpg.ForeignKeyViolationError:
         known = set(await business_repo.existing(db, list({p.event.business_id for p in prepared})))
         raise ValidationFailed([{"loc": [*loc, "business_id"], "msg": "unknown business"}

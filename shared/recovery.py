@@ -13,11 +13,9 @@ from shared import ids
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models import Endpoint
 from shared.repos import audit
-from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import recover_jobs as job_repo
-from shared.repos.deliveries import RecoverProgress
-from shared.repos.recover_jobs import RecoverJob
+from shared.repos.recover_jobs import RecoverJob, RecoverProgress
 
 DEFAULT_RATE_PER_S = 10.0
 MAX_RATE_PER_S = 1000.0
@@ -57,14 +55,16 @@ async def plan(db: asyncpg.Pool, endpoint_id: uuid.UUID, *, since: datetime, unt
                include_missed: bool, business_id: uuid.UUID | None = None) -> Plan:
     """What a recover would send, by event type and by last response status; changes nothing."""
     await _endpoint(db, endpoint_id, business_id)
-    p = await delivery_repo.plan_recover(db, endpoint_id, since, _window(since, until), include_missed)
+    p = await job_repo.plan_recover(db, endpoint_id, since, _window(since, until), include_missed)
     return Plan(len(p.failed) + len(p.missed), len(p.failed), len(p.missed), p.by_event_type, p.by_last_status)
 
 
 async def start(db: asyncpg.Pool, endpoint_id: uuid.UUID, *, since: datetime,
                 until: datetime | None, include_missed: bool, rate_per_s: float, actor: str,
-                audit_actor: dict[str, object], business_id: uuid.UUID | None = None) -> RecoverJob:
-    """Start a paced recover run; each delivery is due ``1 / rate_per_s`` seconds after the previous one."""
+                audit_actor: dict[str, object], deadline_s: float, business_id: uuid.UUID | None = None
+                ) -> RecoverJob:
+    """Start a paced recover run; each delivery is due ``1 / rate_per_s`` seconds after the previous one,
+    and failed at the latest ``deadline_s`` (the replay schedule's total) after it is due."""
     if not 0 < rate_per_s <= MAX_RATE_PER_S:
         raise ValidationFailed.at(["body", "rate"], f"rate must be above 0 and at most {MAX_RATE_PER_S:g} per second")
     endpoint = await _endpoint(db, endpoint_id, business_id)
@@ -74,9 +74,10 @@ async def start(db: asyncpg.Pool, endpoint_id: uuid.UUID, *, since: datetime,
     job = RecoverJob(ids.new_uuid(), endpoint.business_id, endpoint_id, since, until, include_missed, rate_per_s,
                      0, "running", actor, datetime.now(UTC), None)
     async with db.acquire() as conn, conn.transaction():
-        p = await delivery_repo.plan_recover(conn, endpoint_id, since, until, include_missed)
+        p = await job_repo.plan_recover(conn, endpoint_id, since, until, include_missed)
         await job_repo.create(conn, job)
-        total = await delivery_repo.start_recover(conn, job.id, endpoint_id, p.failed, p.missed, rate_per_s)
+        total = await job_repo.start_recover(conn, job.id, endpoint_id, p.failed, p.missed, rate_per_s,
+                                               deadline_s)
         await job_repo.set_total(conn, job.id, total)
         await audit.record(conn, action="endpoint.recover_started", business_id=endpoint.business_id,
                            target_id=endpoint.public_id, **audit_actor,  # type: ignore[arg-type]
@@ -94,7 +95,7 @@ async def status(db: asyncpg.Pool, job_id: uuid.UUID, business_id: uuid.UUID | N
     job = await job_repo.get(db, job_id, business_id)
     if job is None:
         raise NotFound("No such recover job.")
-    progress = await delivery_repo.recover_progress(db, job_id)
+    progress = await job_repo.recover_progress(db, job_id)
     if job.status == "running" and progress.waiting == 0 and progress.attempted >= job.total:
         job = await job_repo.finish(db, job_id, "done") or job
     return Status(job, progress)
@@ -108,7 +109,7 @@ async def cancel(db: asyncpg.Pool, job_id: uuid.UUID, actor: dict[str, object],
         if job is None:
             raise NotFound("No such recover job.")
         if job.status == "running":
-            withdrawn = await delivery_repo.cancel_recover(conn, job_id)
+            withdrawn = await job_repo.cancel_recover(conn, job_id)
             await job_repo.finish(conn, job_id, "cancelled")
             await audit.record(conn, action="endpoint.recover_cancelled", business_id=job.business_id,
                                target_id=ids.encode("ep", job.endpoint_id), **actor,  # type: ignore[arg-type]

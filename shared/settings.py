@@ -105,6 +105,16 @@ class Settings(BaseSettings):
             return tuple(_parse_duration_s(part) for part in value.split(",") if part.strip())
         return value
 
+    @property
+    def retry_deadline_s(self) -> float:
+        """A delivery is failed at the latest this long after its first attempt was due (the schedule's total)."""
+        return float(sum(self.retry_schedule))
+
+    @property
+    def replay_deadline_s(self) -> float:
+        """...and this long after a retry, recover or test send made it due."""
+        return float(sum(self.replay_schedule))
+
     @cached_property
     def secret_key_bytes(self) -> bytes:
         return base64.b64decode(self.secret_key)

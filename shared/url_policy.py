@@ -1,7 +1,7 @@
 """Where webhooks may go: ``https://`` to public addresses only (unless private targets are allowed).
 
 Checked when an endpoint is saved and again for the address actually connected to,
-since DNS can change after saving (see ``dispatcher.http``).
+since DNS can change after saving (see ``dispatcher.send``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared import ids
+from shared import ids, metrics
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models import Endpoint
 from shared.repos import Executor, audit
@@ -19,6 +20,8 @@ from shared.repos import endpoints as endpoint_repo
 from shared.secrets_box import SecretBox, new_signing_secret
 from shared.settings import Settings
 from shared.url_policy import UrlRefused, check_url
+
+log = logging.getLogger("kaihooks.webhooks")
 
 MAX_GRACE_S = 7 * 86400
 DEFAULT_GRACE_S = 86400
@@ -78,6 +81,22 @@ async def delete_endpoint(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id:
                            target_id=ids.encode("ep", endpoint_id), **actor)
 
 
+async def disable_endpoint(db: asyncpg.Pool, endpoint_id: uuid.UUID, reason: str, cause: str) -> Endpoint | None:
+    """The service disables an endpoint (it answered 410, or failed every attempt for days): the flag, the
+    business's notice and the audit entry in one transaction; at commit every worker stops sending to it.
+    ``cause`` labels the metric (``gone``, ``failing``). None if it was not enabled."""
+    async with db.acquire() as conn, conn.transaction():
+        endpoint = await endpoint_repo.disable(conn, endpoint_id, reason)
+        if endpoint is None:
+            return None
+        await audit.record(conn, action="endpoint.disabled", business_id=endpoint.business_id,
+                           target_id=endpoint.public_id, details={"reason": reason})
+    metrics.ENDPOINTS_DISABLED.labels(cause).inc()
+    log.warning("endpoint disabled", extra={"endpoint_id": endpoint.public_id,
+                                           "business_id": ids.encode("biz", endpoint.business_id), "reason": reason})
+    return endpoint
+
+
 async def get_endpoint(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> Endpoint:
     endpoint = await endpoint_repo.get(db, business_id, endpoint_id)
     if endpoint is None:
@@ -108,21 +127,22 @@ async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.
     return secret
 
 
-async def send_test(db: asyncpg.Pool, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:
+async def send_test(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:
     endpoint = await get_endpoint(db, business_id, endpoint_id)
     if not endpoint.enabled:
         raise Conflict("The endpoint is disabled; enable it before sending a test event.")
     async with db.acquire() as conn, conn.transaction():
         delivery_id = await delivery_repo.create_test(conn, business_id, endpoint_id, ids.new_uuid(),
-                                                      orjson.dumps(TEST_DATA).decode())
+                                                      orjson.dumps(TEST_DATA).decode(), settings.replay_deadline_s)
     return ids.encode("dlv", delivery_id)
 
 
-async def retry_delivery(db: asyncpg.Pool, business_id: uuid.UUID, delivery_id: uuid.UUID) -> None:
+async def retry_delivery(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, delivery_id: uuid.UUID
+                         ) -> None:
     delivery = await delivery_repo.get(db, business_id, delivery_id)
     if delivery is None:
         raise NotFound("No such delivery.")
     endpoint = await endpoint_repo.get(db, business_id, delivery["endpoint_id"])
     if endpoint is None or not endpoint.enabled:
         raise Conflict("The endpoint is disabled; enable it before retrying.")
-    await delivery_repo.send_now(db, [delivery_id], "retry")
+    await delivery_repo.send_now(db, [delivery_id], "retry", settings.replay_deadline_s)

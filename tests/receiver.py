@@ -2,7 +2,8 @@
 
 /ok -> 200; /status/<n> -> n; /flaky/<k> -> 500 for the first k requests of each webhook-id, then 200;
 /retry-after/<status>/<value> -> that status with Retry-After: value; /redirect -> 301;
-/hang -> never answers; /reset -> closes the connection; /trickle -> a 200 whose body never ends.
+/hang -> never answers; /reset -> closes the connection; /trickle -> a 200 whose body never ends;
+/slow/<ms>[/...] -> 200 after that many milliseconds.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Receiver:
             return web.Response(status=500 if nth <= int(parts[1]) else 200, text=f"try {nth}")
         if kind == "retry-after":
             return web.Response(status=int(parts[1]), headers={"Retry-After": parts[2].replace("_", " ")})
+        if kind == "slow":
+            await asyncio.sleep(int(parts[1]) / 1000)
+            return web.Response(status=200, text="slowly")
         if kind == "redirect":
             raise web.HTTPMovedPermanently(location="https://elsewhere.example/hook")
         if kind == "hang":

@@ -19,12 +19,12 @@ from tests.helpers import Api, Tenant
 from tests.receiver import running_receiver
 from tests.test_publishing import call, event, publish
 from tests.worker import running_worker
-from tests.world import FAST, World, _sleep
+from tests.world import FAST, World, _sleep, fast_settings
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return dict(FAST)
+def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return fast_settings(request)
 
 
 def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> list[str]:
@@ -118,6 +118,7 @@ async def test_redirects_are_failures_and_not_followed(world: World) -> None:
     assert world.receiver.at("/hook") == []
 
 
+@pytest.mark.engine_settings(retry_schedule=(0.3, 0.3, 5.0))  # room for the 2 s before the deadline
 async def test_429_retry_after_is_honoured(world: World) -> None:
     ep = await world.endpoint("/retry-after/429/2")
     await world.publish()

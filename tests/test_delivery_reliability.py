@@ -578,7 +578,8 @@ async def test_sigterm_while_results_are_being_written_sends_nothing_twice(rig: 
                    AND wait_event_type = 'Lock' AND ltrim(query) LIKE $1""", query_start + "%"))
 
         await until(lambda: all(h.end is not None for h in rig.receiver.at(path)), 5, "every request answered")
-        await until(lambda: waiting("INSERT INTO attempts"), 5, "the worker writing its results (held by the lock)")
+        await until(lambda: waiting("UPDATE deliveries d SET attempt_count"), 5,
+                    "the worker writing its results (held by the lock)")
         first.proc.send_signal(signal.SIGTERM)
         # A worker that drops the blocked write goes on to hand back its leases (blocked by the lock too); one
         # that waits for the write stays in it. Either way, lift the lock after at most 2 s.

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from shared import ids
-from shared.repos.deliveries import DUE_CHANNEL
+from shared.repos.handoff import DUE_CHANNEL
 from shared.settings import Settings
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant, until
 

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from dispatcher import http
+from dispatcher import send
+from dispatcher.outcome import Outcome
 from tests.helpers import Api, Tenant
 
 # ---- save time ------------------------------------------------------------------------------------
@@ -161,10 +162,10 @@ async def listener() -> AsyncIterator[Listener]:
         await runner.cleanup()
 
 
-async def _post(url: str, *, allow_private: bool, resolver: AbstractResolver | None = None) -> http.Outcome:
-    session = http.new_session(3.0, allow_private, 10, resolver=resolver)
+async def _post(url: str, *, allow_private: bool, resolver: AbstractResolver | None = None) -> Outcome:
+    session = send.new_session(3.0, allow_private, 10, resolver=resolver)
     try:
-        return await http.post(session, url, b'{"type":"ssrf.probe"}', {"content-type": "application/json"},
+        return await send.post(session, url, b'{"type":"ssrf.probe"}', {"content-type": "application/json"},
                                timeout_s=3.0, max_read=4096, retry_after_cap_s=60)
     finally:
         await session.close()

@@ -25,6 +25,15 @@ FAST: dict[str, Any] = {
 }
 
 
+def fast_settings(request: Any) -> dict[str, Any]:
+    """FAST, with what the test's ``engine_settings`` marker changes (a pytest ``FixtureRequest``)."""
+    values = dict(FAST)
+    marker = request.node.get_closest_marker("engine_settings")
+    if marker is not None:
+        values.update(marker.kwargs)
+    return values
+
+
 async def _sleep(s: float) -> None:
     await asyncio.sleep(s)
 

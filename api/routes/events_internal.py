@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import auth, render
-from api.context import DB, REDIS
+from api.context import DB, REDIS, SETTINGS
 from api.parsing import read_json, validate
 from api.routing import Routes
 from api.schemas import PublishIn, PublishOut
@@ -26,6 +26,7 @@ async def publish_events(request: web.Request) -> web.StreamResponse:
     else:
         events = [validate(EventIn, raw)]
         locs = [["body"]]
-    accepted = await publish(request.app[DB], request.app[REDIS], events, locs)
+    accepted = await publish(request.app[DB], request.app[REDIS], events, locs,
+                             request.app[SETTINGS].retry_deadline_s)
     return render.json({"events": [{"id": a.id, "idempotency_key": a.idempotency_key, "duplicate": a.duplicate}
                                    for a in accepted]}, status=202)

@@ -132,7 +132,7 @@ async def delete_endpoint(request: web.Request) -> web.StreamResponse:
              scope=WRITE, response=TestOut, status=202, errors=(409,))
 async def send_test(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
-    delivery_id = await service.send_test(request.app[DB], access.business_id,
+    delivery_id = await service.send_test(request.app[DB], request.app[SETTINGS], access.business_id,
                                           _endpoint_id(request))
     return render.json({"delivery_id": delivery_id}, status=202)
 
@@ -187,7 +187,7 @@ async def recover(request: web.Request) -> web.StreamResponse:
     job = await recovery.start(
         request.app[DB], endpoint_id, since=body.since, until=body.until,
         include_missed=body.include_missed, rate_per_s=body.rate, actor=_actor_label(access), audit_actor=actor,
-        business_id=access.business_id,
+        deadline_s=request.app[SETTINGS].replay_deadline_s, business_id=access.business_id,
     )
     return render.json({"count": job.total, "job_id": ids.encode("rcv", job.id)}, status=202)
 
@@ -245,5 +245,5 @@ async def get_delivery(request: web.Request) -> web.StreamResponse:
              auth="key_or_session", scope=WRITE, status=202, errors=(409,))
 async def retry_delivery(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
-    await service.retry_delivery(request.app[DB], access.business_id, _delivery_id(request))
+    await service.retry_delivery(request.app[DB], request.app[SETTINGS], access.business_id, _delivery_id(request))
     return render.json({"status": "pending"}, status=202)

@@ -14,7 +14,7 @@ from shared import ids
 from shared.models import Endpoint
 from shared.pagination import Page, Position, paginate
 from shared.repos import Executor, newest_first
-from shared.repos.deliveries import DUE_CHANNEL, ENDPOINT_CHANGED
+from shared.repos.handoff import notify_endpoint_changed
 from shared.secrets_box import Sealed
 
 _COLUMNS = "id, business_id, url, description, event_types, enabled, disabled_reason, created_at, updated_at"
@@ -70,7 +70,8 @@ _UPDATABLE = ("url", "description", "event_types", "enabled")
 async def update(
     db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID, changes: dict[str, Any]
 ) -> Endpoint | None:
-    """Apply the given fields. Enabling clears the disabled reason and the failure streak."""
+    """Apply the given fields. Enabling clears the disabled reason and the failure streak. Workers read the
+    endpoint again before sending to it (at commit)."""
     sets = []
     args: list[object] = [endpoint_id, business_id]
     for name in _UPDATABLE:
@@ -83,28 +84,34 @@ async def update(
     fixed = changes.get("enabled") is True or "url" in changes
     if fixed:
         sets.append("paused_until = NULL")  # a fixed endpoint gets its new deliveries at once
+    if fixed:
+        sets += ["failing_since = NULL", "failure_streak = 0"]
     if changes.get("enabled") is True:
-        sets += ["disabled_reason = NULL", "failing_since = NULL"]
+        sets.append("disabled_reason = NULL")
     elif changes.get("enabled") is False:
         sets.append("disabled_reason = coalesce(disabled_reason, 'disabled by a user')")
     sets.append("updated_at = now()")
     row = await db.fetchrow(
         f"UPDATE endpoints SET {', '.join(sets)} WHERE id = $1 AND business_id = $2 RETURNING {_COLUMNS}", *args
     )
-    if row and fixed:  # workers forget its breaker (the endpoint may work now)
-        await db.execute("SELECT pg_notify($1, $2)", DUE_CHANNEL, f"{ENDPOINT_CHANGED}{endpoint_id}")
+    if row:
+        await notify_endpoint_changed(db, endpoint_id)
     return _endpoint(row) if row else None
 
 
 async def delete(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> bool:
+    """Delete it with its deliveries; workers drop what they hold of it (at commit)."""
     result: str = await db.execute("DELETE FROM endpoints WHERE id = $1 AND business_id = $2",
                                    endpoint_id, business_id)
-    return result.endswith(" 1")
+    if result.endswith(" 1"):
+        await notify_endpoint_changed(db, endpoint_id)
+        return True
+    return False
 
 
 async def disable(db: Executor, endpoint_id: uuid.UUID, reason: str) -> Endpoint | None:
-    """Disable an enabled endpoint (by the dispatcher) and leave the business a notice;
-    None if it was not enabled."""
+    """Disable an enabled endpoint (by the dispatcher) and leave the business a notice; None if it was not
+    enabled. Run inside a transaction (``shared.webhook_service.disable_endpoint``)."""
     row = await db.fetchrow(
         f"""WITH disabled AS (
                 UPDATE endpoints SET enabled = false, disabled_reason = $2, updated_at = now()
@@ -116,22 +123,27 @@ async def disable(db: Executor, endpoint_id: uuid.UUID, reason: str) -> Endpoint
             SELECT * FROM disabled""",
         endpoint_id, reason,
     )
+    if row:
+        await notify_endpoint_changed(db, endpoint_id)
     return _endpoint(row) if row else None
 
 
-async def pause(db: Executor, endpoint_id: uuid.UUID, until: datetime, move_pending: bool) -> int:
+async def pause(db: Executor, endpoint_id: uuid.UUID, until: datetime, move_pending: bool,
+                default_deadline_s: float) -> int:
     """Nothing new to the endpoint is due before ``until`` (its deliveries are fanned out due then). With
-    ``move_pending`` (its breaker tripped), its pending deliveries that nobody holds move there too.
-    Never shortens a pause. Returns how many deliveries moved."""
+    ``move_pending`` (its breaker tripped), its pending deliveries that nobody holds move there too, but
+    never past their deadlines (rows of an older release without one: ``created_at`` plus
+    ``default_deadline_s``). Never shortens a pause. Returns how many deliveries moved."""
     result: str = await db.execute(
         """WITH paused AS (
                UPDATE endpoints SET paused_until = greatest(paused_until, $2)
                WHERE id = $1 AND enabled RETURNING id
            )
-           UPDATE deliveries SET next_attempt_at = $2
+           UPDATE deliveries
+           SET next_attempt_at = least($2, coalesce(deadline_at, created_at + make_interval(secs => $4)))
            WHERE $3 AND endpoint_id = (SELECT id FROM paused) AND status = 'pending' AND next_attempt_at < $2
              AND (lease_until IS NULL OR lease_until < now())""",
-        endpoint_id, until, move_pending,
+        endpoint_id, until, move_pending, default_deadline_s,
     )
     return int(result.split()[-1])
 
@@ -167,6 +179,7 @@ async def rotate_secret(db: Executor, endpoint_id: uuid.UUID, new: Sealed, grace
         endpoint_id, grace_s,
     )
     await add_secret(db, endpoint_id, new)
+    await notify_endpoint_changed(db, endpoint_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,3 +201,19 @@ async def live_secrets(db: Executor, endpoint_ids: Sequence[uuid.UUID]) -> dict[
         out.setdefault(r["endpoint_id"], []).append(
             LiveSecret(Sealed(r["key_id"], r["nonce"], r["ciphertext"]), r["expires_at"]))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """An endpoint as a worker needs it: where to send, whether to, and with which secrets."""
+
+    url: str
+    enabled: bool
+    secrets: list[LiveSecret]
+
+
+async def current(db: Executor, endpoint_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Current]:
+    """The endpoints as they are now, with their live secrets; deleted ones are absent."""
+    rows = await db.fetch("SELECT id, url, enabled FROM endpoints WHERE id = ANY($1::uuid[])", list(endpoint_ids))
+    secrets = await live_secrets(db, [r["id"] for r in rows])
+    return {r["id"]: Current(r["url"], r["enabled"], secrets.get(r["id"], [])) for r in rows}

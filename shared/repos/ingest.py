@@ -1,6 +1,6 @@
 """Accepting a batch of events in one statement: the event rows (skipping repeated idempotency keys),
-their deliveries (one per matching enabled endpoint, due now or when a paused endpoint resumes: the
-fan-out), and the agents, calls and leads they carry, newest state winning. One statement is one
+their deliveries (one per matching enabled endpoint, due now or when a paused endpoint resumes, with
+their deadline: the fan-out), and the agents, calls and leads they carry, newest state winning. One statement is one
 transaction and one round trip, whatever the batch size; when it made deliveries it also notifies the
 workers (``DUE_CHANNEL``), which Postgres does at commit."""
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.repos import Executor
-from shared.repos.deliveries import DUE_CHANNEL
 from shared.repos.events import NewEvent
+from shared.repos.handoff import DUE_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +48,10 @@ WITH ins AS (
     ON CONFLICT (business_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, business_id, type
 ), fanned AS (
-    INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at)
-    SELECT ins.id, ep.id, ins.business_id, ins.type, greatest(now(), ep.paused_until)
+    INSERT INTO deliveries (event_id, endpoint_id, business_id, event_type, next_attempt_at, deadline_at)
+    SELECT ins.id, ep.id, ins.business_id, ins.type,
+           least(greatest(now(), ep.paused_until), now() + make_interval(secs => $26::float8)),
+           now() + make_interval(secs => $26::float8)
     FROM ins JOIN endpoints ep ON ep.business_id = ins.business_id AND ep.enabled
          AND (ep.event_types IS NULL OR ins.type = ANY(ep.event_types))
     RETURNING 1
@@ -93,9 +95,10 @@ def _columns(changes: Sequence[Change], *extra: str) -> list[list[object]]:
 
 async def accept(
     db: Executor, events: Sequence[NewEvent], agents: Sequence[Change], calls: Sequence[Change],
-    leads: Sequence[Change],
+    leads: Sequence[Change], deadline_s: float,
 ) -> set[uuid.UUID]:
     """Store the batch; returns the ids of the events inserted (the others repeated an idempotency key).
+    Their deliveries are failed ``deadline_s`` (the retry schedule's total) from now at the latest.
     Raises asyncpg's ForeignKeyViolationError, storing nothing, if a business does not exist."""
     rows = await db.fetch(
         _SQL,
@@ -103,6 +106,6 @@ async def accept(
         [e.data_json for e in events], [e.idempotency_key for e in events], [e.occurred_at for e in events],
         *_columns(agents, "deleted"),
         *_columns(calls, "status", "agent_id", "started_at"),
-        *_columns(leads),
+        *_columns(leads), deadline_s,
     )
     return {r["id"] for r in rows}
