@@ -9,7 +9,8 @@ Expected: every event acknowledged with a 202, at every endpoint of its business
   out after the endpoint was disabled. Anything else is lost. Requests that started more than
   ``GONE_GRACE_S`` after the disable are counted (``after_disable``) and fail the drill.
 - At the ``dead`` endpoint (always 500): its delivery exists and has ended ``failed`` with every attempt of
-  the schedule spent, or is still pending and not overdue (its breaker defers it, no attempt spent).
+  the schedule spent or at its deadline (its breaker deferred it there), or is still pending and not overdue
+  (its breaker defers it, no attempt spent).
 
 A **duplicate** is a second complete 2xx answer for the same endpoint and event. It is *explained* when the
 earlier one was in flight at a worker's SIGKILL (started before the kill and finished at most
@@ -74,6 +75,7 @@ class DbDelivery:
     last_error: str | None
     next_attempt_at: datetime | None
     ok_attempts: int
+    failed_at_deadline: bool = False  # settled at or after its deadline_at (the schedule is a deadline)
 
 
 @dataclass
@@ -108,7 +110,8 @@ async def read_db(database_url: str, dead_endpoints: list[uuid.UUID]) -> DbState
         now = await conn.fetchval("SELECT now()")
         rows = await conn.fetch(
             """SELECT d.id, d.event_id, d.endpoint_id, d.status, d.attempt_count, d.last_response_status,
-                      d.last_error, d.next_attempt_at, coalesce(a.ok, 0) AS ok_attempts
+                      d.last_error, d.next_attempt_at, coalesce(a.ok, 0) AS ok_attempts,
+                      coalesce(d.status = 'failed' AND d.updated_at >= d.deadline_at, false) AS at_deadline
                FROM deliveries d LEFT JOIN (
                    SELECT delivery_id, count(*) AS ok FROM attempts WHERE response_status BETWEEN 200 AND 299
                    GROUP BY delivery_id) a ON a.delivery_id = d.id""")
@@ -121,7 +124,7 @@ async def read_db(database_url: str, dead_endpoints: list[uuid.UUID]) -> DbState
     deliveries = {
         (ids.encode("evt", r["event_id"]), ids.encode("ep", r["endpoint_id"])): DbDelivery(
             r["id"], r["status"], r["attempt_count"], r["last_response_status"], r["last_error"],
-            r["next_attempt_at"], int(r["ok_attempts"]))
+            r["next_attempt_at"], int(r["ok_attempts"]), r["at_deadline"])
         for r in rows
     }
     return DbState(now, deliveries, {ids.encode("evt", r["id"]): r["fanned_out_at"] for r in events},
@@ -204,6 +207,8 @@ def check(world: World, acks: dict[str, Ack], raw_records: list[list[Any]], db: 
                     lost.append(f"{ack.event_id} -> {ep.path} (dead): no delivery row")
                 elif delivery.status == "failed" and delivery.attempt_count >= max_attempts:
                     dead_outcomes["failed: schedule spent"] += 1
+                elif delivery.failed_at_deadline:
+                    dead_outcomes["failed: deadline passed"] += 1
                 elif delivery.status == "pending" and delivery.next_attempt_at is not None and \
                         (db.now - delivery.next_attempt_at).total_seconds() <= OVERDUE_LIMIT_S:
                     dead_outcomes["pending: waiting for its next attempt"] += 1
