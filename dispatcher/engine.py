@@ -128,7 +128,7 @@ class Engine:
                                                       o.data_json)
             body, msg_id = bodies[o.event_id]
             job = Job(o, body, msg_id, self._deadline(o))
-            if job.deadline <= now and o.paused_until is not None and o.paused_until > now:
+            if job.deadline <= now and self._paused_by_failures(o, now):
                 self._fail_paused(lane, [job])
             elif len(lane.queue) >= lanes.room(lane, self.policy):
                 # The lane is full: hand the delivery back rather than hold it (held deliveries use up this
@@ -144,6 +144,12 @@ class Engine:
         if o.deadline_at is not None:
             return o.deadline_at
         return outcome.deadline(o.created_at, self.settings.retry_schedule)  # a row of an older release
+
+    def _paused_by_failures(self, o: Outbound, now: datetime) -> bool:
+        """Paused for every worker after enough failures to open a breaker (a slow endpoint's short pause
+        alone does not fail a delivery unsent: it gets its last attempt)."""
+        return o.paused_until is not None and o.paused_until > now and \
+            o.failure_streak >= min(self.policy.failures, self.policy.timeouts)
 
     def _busy_endpoints(self) -> list[uuid.UUID]:
         """Endpoints whose lanes take nothing more now (the claim leaves their deliveries to others)."""

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from dispatcher.engine import Engine
-from shared import metrics
+from shared import ids, metrics
 from shared.db import create_pool
 from shared.repos.handoff import Outbound
 from shared.settings import Settings
@@ -39,8 +39,10 @@ async def _publish_many(world: World, n: int, prefix: str) -> list[str]:
     return [e["id"] for e in r.body["events"]]
 
 
-async def _nothing_held(db: asyncpg.Connection) -> bool:
-    return await db.fetchval("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL") == 0
+async def _nothing_held(world: World) -> bool:
+    """No delivery of the world's business is held by a worker."""
+    return await world.db.fetchval("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL AND business_id = $1",
+                                   ids.decode("biz", world.tenant.business_id)) == 0
 
 
 def _counter(counter: Any, label: str) -> float:
@@ -60,7 +62,7 @@ async def test_an_odd_retry_after_header_does_not_stop_delivery(world: World) ->
     assert [a["response_status"] for a in detail["attempts"]] == [429] * 4
     assert {a["error"] for a in detail["attempts"]} == {"http_status"}
     await world.settled(healthy["id"], 5)
-    await until(lambda: _nothing_held(world.db), 10, "the worker holds nothing once everything settled")
+    await until(lambda: _nothing_held(world), 10, "the worker holds nothing once everything settled")
     # ...and it still claims: a new event is delivered.
     await world.publish()
     await world.settled(healthy["id"], 6)
@@ -199,7 +201,7 @@ async def test_the_worker_still_claims_while_a_receiver_hangs_and_answers_garbag
         done = await world.settled(ep["id"], 3, timeout_s=30)
         assert {d["status"] for d in done} == {"failed"}, (ep["url"], done)
     await world.settled(healthy["id"], 3)
-    await until(lambda: _nothing_held(world.db), 10, "nothing held once settled")
+    await until(lambda: _nothing_held(world), 10, "nothing held once settled")
 
 
 async def test_leases_are_renewed_while_the_workers_pool_is_busy(

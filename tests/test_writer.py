@@ -34,13 +34,15 @@ class FailingFirst:
 
 
 async def _leased_delivery(tenant: Tenant, api: Api, db: asyncpg.Connection, owner: str) -> Any:
+    """A delivery to a new endpoint of the tenant's, leased to ``owner`` (as if claimed)."""
     key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
-    assert (await api.post(f"{tenant.path}/webhook-endpoints", key=key,
-                           json={"url": "https://w.example.com/"})).status == 201
+    created = await api.post(f"{tenant.path}/webhook-endpoints", key=key, json={"url": "https://w.example.com/"})
+    assert created.status == 201
     r = await publish(api, event(tenant.business_id, data=call("writer")))
     event_id = ids.decode("evt", r.body["events"][0]["id"])
-    return await db.fetchval("UPDATE deliveries SET lease_owner = $2, lease_until = now() + interval '1 minute' "
-                             "WHERE event_id = $1 RETURNING id", event_id, owner)
+    return await db.fetchval("UPDATE deliveries SET lease_owner = $3, lease_until = now() + interval '1 minute' "
+                             "WHERE event_id = $1 AND endpoint_id = $2 RETURNING id",
+                             event_id, ids.decode("ep", created.body["id"]), owner)
 
 
 @contextlib.asynccontextmanager
