@@ -13,6 +13,7 @@ deadline: a delivery whose deadline comes while its endpoint is paused fails, sa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -30,10 +31,9 @@ from dispatcher.lanes import Lane
 from dispatcher.record import ResultWriter
 from dispatcher.refresh import refresh, set_secrets
 from dispatcher.supervisor import Supervisor
-from shared import db, ids, metrics
+from shared import db, ids
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import handoff
-from shared.repos.delivery_results import AttemptResult, Deferral, Settlement
 from shared.repos.handoff import Outbound
 from shared.secrets_box import SecretBox
 from shared.settings import Settings
@@ -42,7 +42,8 @@ from shared.webhook_service import disable_endpoint
 log = logging.getLogger("kaihooks.dispatcher")
 
 UNOPENABLE_RETRY_S = 60.0  # a secret sealed under a master key this process lacks: try again this much later
-CHANGE_MEMORY_S = 60.0  # how long an endpoint-changed message is remembered against racing claims
+CHANGE_MEMORY_S = 60.0
+REFRESH_RETRY_S = 1.0  # how long an endpoint-changed message is remembered against racing claims
 
 
 @dataclass(slots=True)
@@ -172,7 +173,11 @@ class Engine:
             self.endpoint_changed(endpoint_id)
 
     async def _refresh(self, lane: Lane[Job]) -> None:
-        await refresh(self.db, lane, self.keys, self.policy)
+        try:
+            await refresh(self.db, lane, self.keys, self.policy)
+        except db.ERRORS as exc:  # Postgres away: its queue waits (held, leases renewed); read again shortly
+            self.supervisor.complain("could not read a changed endpoint; trying again", exc)
+            await asyncio.sleep(REFRESH_RETRY_S)
         self._pump(lane)
 
     # ---- lanes -------------------------------------------------------------------------------------
@@ -271,27 +276,14 @@ class Engine:
         verdict = outcome.decide(result, attempt=o.attempt_count + 1, schedule_start=o.schedule_start,
                                  schedule=schedule, started_at=started_at, deadline_at=job.deadline,
                                  jitter=random.uniform(0.8, 1.2))
-        metrics.ATTEMPT_SECONDS.labels(metrics.result_class(result.status)).observe(result.duration_ms / 1000)
-        metrics.DELIVERIES.labels("retrying" if verdict.status == "pending" else verdict.status).inc()
-        self.writer.add(AttemptResult(
-            delivery_id=o.id, endpoint_id=o.endpoint_id, started_at=started_at, duration_ms=result.duration_ms,
-            response_status=result.status, response_body=result.body_excerpt, error=result.error,
-            error_kind=result.error_kind, trigger=o.trigger, url=url, status=verdict.status,
-            next_attempt_at=verdict.next_attempt_at, succeeded=result.ok))
+        self.writer.attempt(o, result, verdict, started_at, url)
         if result.status == 410 and lane.enabled:
             lane.enabled = False
             self.supervisor.spawn(disable_endpoint(self.db, lane.endpoint_id, "the endpoint answered 410 Gone", "gone"),
                                   "could not disable the endpoint")
-        if not result.ok:
-            log.info("delivery attempt failed", extra={
-                "delivery_id": ids.encode("dlv", o.id), "event_id": job.msg_id,
-                "endpoint_id": ids.encode("ep", o.endpoint_id), "business_id": ids.encode("biz", o.business_id),
-                "attempt": o.attempt_count + 1, "error_kind": result.error_kind, "reason": result.error,
-                "status": verdict.status})
 
     def _defer(self, job: Job, at: datetime) -> None:
-        metrics.DELIVERIES.labels("deferred").inc()
-        self.writer.add(Deferral(job.delivery.id, at))
+        self.writer.defer(job.delivery.id, at)
 
     def _defer_all(self, lane: Lane[Job], at: datetime) -> None:
         while lane.queue:
@@ -300,22 +292,13 @@ class Engine:
     def _fail_unsent(self, lane: Lane[Job], reason: str) -> None:
         jobs = list(lane.queue)
         lane.queue.clear()
-        if jobs:
-            log.info("deliveries not sent", extra={
-                "endpoint_id": ids.encode("ep", lane.endpoint_id), "business_id": ids.encode("biz", lane.business_id),
-                "reason": reason, "delivery_ids": [ids.encode("dlv", j.delivery.id) for j in jobs[:20]],
-                "count": len(jobs)})
-        for job in jobs:
-            metrics.DELIVERIES.labels("failed").inc()
-            self.writer.add(Settlement(job.delivery.id, job.delivery.endpoint_id, reason, exhausted=False))
+        self.writer.fail_unsent([j.delivery for j in jobs], [reason] * len(jobs), exhausted=False)
 
     def _fail_paused(self, lane: Lane[Job], jobs: list[Job]) -> None:
         """Their deadline came while the endpoint was paused: failed, saying why."""
-        for job in jobs:
-            o = job.delivery
-            reason = outcome.paused_reason(max(lane.failures, o.failure_streak), lane.failing_since or o.failing_since)
-            metrics.DELIVERIES.labels("failed").inc()
-            self.writer.add(Settlement(o.id, o.endpoint_id, reason, exhausted=True))
+        self.writer.fail_unsent([j.delivery for j in jobs], [
+            outcome.paused_reason(max(lane.failures, j.delivery.failure_streak),
+                                  lane.failing_since or j.delivery.failing_since) for j in jobs], exhausted=True)
 
     # ---- bookkeeping -------------------------------------------------------------------------------
 

@@ -16,12 +16,15 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import asyncpg
 
+from dispatcher.outcome import Outcome, Verdict
 from shared import db, ids, metrics
 from shared.repos import delivery_results
 from shared.repos.delivery_results import AttemptResult, Deferral, Settlement
+from shared.repos.handoff import Outbound
 
 log = logging.getLogger("kaihooks.dispatcher.writer")
 
@@ -79,6 +82,37 @@ class ResultWriter:
         self._batch.add(item)
         if len(self._batch) >= self._max_batch:
             self._wake.set()
+
+    def attempt(self, o: Outbound, result: Outcome, verdict: Verdict, started_at: datetime, url: str) -> None:
+        """Record an attempt and what it means for its delivery (and log a failed one with its reason)."""
+        metrics.ATTEMPT_SECONDS.labels(metrics.result_class(result.status)).observe(result.duration_ms / 1000)
+        metrics.DELIVERIES.labels("retrying" if verdict.status == "pending" else verdict.status).inc()
+        self.add(AttemptResult(
+            delivery_id=o.id, endpoint_id=o.endpoint_id, started_at=started_at, duration_ms=result.duration_ms,
+            response_status=result.status, response_body=result.body_excerpt, error=result.error,
+            error_kind=result.error_kind, trigger=o.trigger, url=url, status=verdict.status,
+            next_attempt_at=verdict.next_attempt_at, succeeded=result.ok))
+        if not result.ok:
+            log.info("delivery attempt failed", extra={
+                "delivery_id": ids.encode("dlv", o.id), "event_id": ids.encode("evt", o.event_id),
+                "endpoint_id": ids.encode("ep", o.endpoint_id), "business_id": ids.encode("biz", o.business_id),
+                "attempt": o.attempt_count + 1, "error_kind": result.error_kind, "reason": result.error,
+                "status": verdict.status})
+
+    def defer(self, delivery_id: uuid.UUID, at: datetime) -> None:
+        """Hand a delivery back unsent (no attempt spent), due at ``at``."""
+        metrics.DELIVERIES.labels("deferred").inc()
+        self.add(Deferral(delivery_id, at))
+
+    def fail_unsent(self, deliveries: Sequence[Outbound], reasons: Sequence[str], exhausted: bool) -> None:
+        """Fail deliveries without a send, each with its reason (logged: at most 20 ids per line)."""
+        for o, reason in zip(deliveries, reasons, strict=True):
+            metrics.DELIVERIES.labels("failed").inc()
+            self.add(Settlement(o.id, o.endpoint_id, reason, exhausted))
+        if deliveries:
+            log.info("deliveries failed unsent", extra={
+                "endpoint_id": ids.encode("ep", deliveries[0].endpoint_id), "reason": reasons[0],
+                "delivery_ids": [ids.encode("dlv", o.id) for o in deliveries[:20]], "count": len(deliveries)})
 
     async def run(self) -> None:
         """Flush until cancelled."""

@@ -85,8 +85,8 @@ async def test_deleting_an_endpoint_with_a_delivery_in_flight_does_not_wedge_the
     assert {d["status"] for d in done} == {"succeeded"}
 
 
-@pytest.mark.engine_settings(endpoint_max_in_flight=2)
 async def test_disabling_an_endpoint_stops_what_the_worker_already_queued(world: World) -> None:
+    """All 40 fit in the endpoint's lane at once (no hand-back, no new claim would notice the change)."""
     ep = await world.endpoint("/slow/200/disable")
     await _publish_many(world, 40, "disable")
     await world.receiver.wait_for(1, "/slow/200/disable")
@@ -96,12 +96,12 @@ async def test_disabling_an_endpoint_stops_what_the_worker_already_queued(world:
     patched_at = time.monotonic()
     done = await world.settled(ep["id"], 40)
     late = [g for g in world.receiver.at("/slow/200/disable") if g.at > patched_at]
-    assert len(late) <= 2, f"{len(late)} requests began after the endpoint was disabled"  # at most those in flight
+    # At most those in flight (slow start: 2 at first, one more per success) and one racing the notification.
+    assert len(late) <= 5, f"{len(late)} requests began after the endpoint was disabled"
     failed = [d for d in done if d["status"] == "failed"]
-    assert len(failed) >= 35 and {d["last_error"] for d in failed} == {"endpoint disabled"}
+    assert len(failed) >= 30 and {d["last_error"] for d in failed} == {"endpoint disabled"}
 
 
-@pytest.mark.engine_settings(endpoint_max_in_flight=2)
 async def test_a_new_url_or_secret_applies_to_deliveries_already_queued(world: World) -> None:
     ep = await world.endpoint("/slow/150/old-url")
     await _publish_many(world, 30, "repoint")
@@ -118,11 +118,11 @@ async def test_a_new_url_or_secret_applies_to_deliveries_already_queued(world: W
     done = await world.settled(ep["id"], 30)
     assert {d["status"] for d in done} == {"succeeded"}
     old_late = [g for g in world.receiver.at("/slow/150/old-url") if g.at > patched_at]
-    assert len(old_late) <= 2, f"{len(old_late)} requests went to the old URL after the change"
+    assert len(old_late) <= 5, f"{len(old_late)} requests went to the old URL after the change"
     after_rotation = [g for g in world.receiver.at("/slow/150/new-url") if g.at > rotated_at]
     signed_new = [g for g in after_rotation
                   if verify_standard_webhook(new_secret, {k.lower(): v for k, v in g.headers.items()}, g.body)]
-    assert len(after_rotation) >= 10 and len(after_rotation) - len(signed_new) <= 2, \
+    assert len(after_rotation) >= 10 and len(after_rotation) - len(signed_new) <= 5, \
         f"{len(after_rotation) - len(signed_new)} of {len(after_rotation)} were not signed with the new secret"
 
 
