@@ -83,6 +83,16 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
                 assert time.monotonic() < deadline, text[-2000:]
                 await asyncio.sleep(0.2)
             assert sample(text, "kaihooks_endpoint_lag_seconds", label) >= 0
+            assert sample(text, "kaihooks_deliveries_claimed_total") >= 4
+            # The hanging endpoint's request is held: the worker's own gauges show it and its age.
+            deadline = time.monotonic() + 20
+            while True:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                if sample(text, "kaihooks_held_deliveries") >= 1 and sample(text, "kaihooks_oldest_held_seconds") > 0:
+                    break
+                assert time.monotonic() < deadline, text[-2000:]
+                await asyncio.sleep(0.2)
             healthy = f'{{endpoint_id="{r_ok}"}}'
             assert sample(text, "kaihooks_endpoint_success_ratio", healthy) == 1.0
             assert 0 <= sample(text, "kaihooks_endpoint_p95_seconds", healthy) < 1
