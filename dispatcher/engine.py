@@ -305,6 +305,7 @@ class Engine:
     def _written(self, delivery_ids: list[uuid.UUID]) -> None:
         for delivery_id in delivery_ids:
             self.held.pop(delivery_id, None)
+        self.intake.room_freed()
 
     def _snapshot(self) -> Snapshot:
         oldest = min(self.held.values(), default=None)

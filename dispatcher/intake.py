@@ -57,6 +57,7 @@ class Intake:
         self._listening_resumed = listening_resumed
         self._held = held
         self._wake = asyncio.Event()
+        self._cut_short = False  # the last claim took only what room there was: more may be due
         self.stopping = False
 
     def start(self) -> None:
@@ -67,6 +68,13 @@ class Intake:
     def wake(self) -> None:
         self._wake.set()
 
+    def room_freed(self) -> None:
+        """Held deliveries were settled: if the last claim was cut short by room, claim again now rather
+        than at the next poll (a backlog drains without pauses)."""
+        if self._cut_short and self._room() >= MAX_CLAIM // 4:
+            self._cut_short = False
+            self._wake.set()
+
     async def poll_once(self) -> int:
         """Claim due deliveries that nobody holds, up to what this worker has room for."""
         room = min(MAX_CLAIM, self._room())
@@ -74,6 +82,7 @@ class Intake:
             return 0
         started = time.monotonic()
         claimed = await handoff.claim_due(self.db, self.owner, room, self.settings.lease_s, self._busy())
+        self._cut_short = len(claimed) == room < MAX_CLAIM
         if claimed:
             metrics.CLAIMED.inc(len(claimed))
             known = self._known()
