@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -38,6 +39,10 @@ class Settings(BaseSettings):
     delivery_timeout: float = Field(10.0, gt=0, le=300)
     # Older master keys, base64, comma-separated: webhook secrets sealed under them still open.
     old_secret_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    # Peers (CIDRs, comma-separated) whose X-Forwarded-For is believed: the right-most address in it that is
+    # not one of them is the client. From any other peer the header is ignored. None by default.
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    access_log: bool = False  # one log line per request (method, path, status, time, client address)
 
     # Delivery.
     endpoint_max_in_flight: int = Field(10, ge=1)  # concurrent requests to one endpoint, per worker
@@ -66,6 +71,14 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(10, ge=1)  # per email
     login_max_failures_per_ip: int = Field(10, ge=1)
     login_window_s: int = Field(15 * 60, ge=1)
+    # argon2 checks one process runs at once (each takes about 64 MiB and tens of ms of CPU), and how many
+    # sign-ins may wait for one; past that, sign-in answers 503 with Retry-After.
+    password_checks_max_in_flight: int = Field(4, ge=1)
+    password_checks_max_waiting: int = Field(16, ge=0)
+    # Requests one dashboard session may make (GCRA, like an API key's limit).
+    session_rate_limit_per_s: float = Field(20.0, gt=0)
+    session_rate_limit_burst: int = Field(60, ge=1)
+    sessions_max_per_user: int = Field(10, ge=1)  # a new sign-in past this ends the user's oldest session
 
     # API keys.
     rate_limit_per_s: float = Field(50.0, gt=0)
@@ -97,6 +110,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        parts = value.split(",") if isinstance(value, str) else value
+        if not isinstance(parts, list | tuple):
+            return value
+        networks = []
+        for part in parts:
+            text = str(part).strip()
+            if not text:
+                continue
+            try:
+                networks.append(ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(f"KAIHOOKS_TRUSTED_PROXIES: not an address or CIDR: {text!r}") from None
+        return tuple(networks)
 
     @field_validator("retry_schedule", "replay_schedule", mode="before")
     @classmethod
