@@ -16,6 +16,7 @@ from api.context import DB, KEYS, OPENAPI, PAGES, REDIS, SESSION_LIMIT, SETTINGS
 from api.dashboard import routes as dashboard
 from api.keyauth import KeyVerifier
 from api.pagecache import PageCache
+from api.parsing import body_limit_middleware
 from api.problems import problem_middleware
 from api.ratelimit import SessionRateLimit
 from api.routes import account, api_keys, events_internal, internal, reads, system, webhooks
@@ -62,7 +63,7 @@ async def _key_verifier(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[security_headers_middleware, problem_middleware],
+        middlewares=[security_headers_middleware, problem_middleware, body_limit_middleware],
         client_max_size=settings.max_body_bytes_internal,
     )
     app[SETTINGS] = settings
