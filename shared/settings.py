@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.redis_keys import REVOKED_TTL_S
+
 
 def _parse_duration_s(text: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -42,6 +44,8 @@ class Settings(BaseSettings):
     # Peers (CIDRs, comma-separated) whose X-Forwarded-For is believed: the right-most address in it that is
     # not one of them is the client. From any other peer the header is ignored. None by default.
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    # Strict-Transport-Security max-age on every response (not sent with KAIHOOKS_DEV; 0: never sent).
+    hsts_max_age_s: int = Field(365 * 86400, ge=0)
     access_log: bool = False  # one log line per request (method, path, status, time, client address)
 
     # Delivery.
@@ -65,6 +69,8 @@ class Settings(BaseSettings):
     endpoint_metrics_s: float = Field(60.0, gt=0)  # how often a worker refreshes the per-endpoint gauges
     metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0: not served
     dev: bool = False
+    # The address the worker's /metrics binds. It has no authentication: loopback unless told otherwise.
+    metrics_host: str = "127.0.0.1"
 
     # Sessions and sign-in.
     session_ttl_s: int = Field(12 * 3600, ge=60)
@@ -127,6 +133,16 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"KAIHOOKS_TRUSTED_PROXIES: not an address or CIDR: {text!r}") from None
         return tuple(networks)
+
+    @field_validator("key_cache_ttl_s")
+    @classmethod
+    def _key_cache_within_revocation(cls, value: float) -> float:
+        # A deleted key is refused by other processes only while its revocation marker lives: a cached
+        # copy must expire before the marker does, or the key would work again on that process.
+        if value > REVOKED_TTL_S:
+            raise ValueError(f"KAIHOOKS_KEY_CACHE_TTL_S must be at most {REVOKED_TTL_S} (seconds a deleted key's "
+                             "revocation marker lives; a cached key must not outlive it)")
+        return value
 
     @field_validator("retry_schedule", "replay_schedule", mode="before")
     @classmethod
