@@ -18,6 +18,7 @@ from shared.migrations import migrate
 from shared.repos import businesses
 from shared.repos import users as user_repo
 from shared.settings import Settings, load_settings
+from shared.terminal import safe
 
 
 class CliError(Exception):
@@ -134,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"kaihooks: error: {message}", file=sys.stderr)
+    # Messages may quote input and what Postgres said about it: escaped like every other foreign text.
+    print(f"kaihooks: error: {safe(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
