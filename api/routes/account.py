@@ -18,7 +18,7 @@ routes = Routes("account")
 
 
 @routes.post("/v1/auth/login", summary="Sign in to the dashboard", auth="none", body=LoginIn,
-             response=LoginOut, errors=(401, 429))
+             response=LoginOut, errors=(401, 429, 503))
 async def login(request: web.Request) -> web.StreamResponse:
     if "Authorization" in request.headers:
         raise Unauthorized("API keys cannot sign in.")
