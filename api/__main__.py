@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from api.app import create_app
+from api.app import create_app, runner_options
 from shared.logs import configure_logging
 from shared.runtime import tune_process
 from shared.settings import load_settings
@@ -17,8 +17,8 @@ def main() -> None:
     configure_logging(settings.dev)
     tune_process()
     logging.getLogger("kaihooks.api").info("listening", extra={"port": settings.port})
-    web.run_app(create_app(settings), host=settings.listen_host, port=settings.port, access_log=None,
-                shutdown_timeout=10, print=None)
+    web.run_app(create_app(settings), host=settings.listen_host, port=settings.port, shutdown_timeout=10,
+                print=None, **runner_options(settings))
 
 
 if __name__ == "__main__":

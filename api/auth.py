@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from api.context import DB, KEYS, SETTINGS
+from api.client_address import client_address
+from api.context import DB, KEYS, SESSION_LIMIT, SETTINGS
 from api.keyauth import Verified
 from shared import ids
 from shared.errors import Forbidden, InsufficientScope, NotFound, Unauthorized
@@ -59,13 +60,16 @@ async def api_key(request: web.Request, token: str) -> Verified:
 
 
 async def session(request: web.Request) -> Session:
-    """The signed-in user; cookie-authenticated unsafe methods must carry the CSRF token."""
+    """The signed-in user, within the session's rate limit; cookie-authenticated unsafe methods must carry
+    the CSRF token."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
-        raise Unauthorized(scheme="Cookie")
-    found = await session_repo.get_live(request.app[DB], session_token_hash(token))
+        raise Unauthorized()
+    token_hash = session_token_hash(token)
+    found = await session_repo.get_live(request.app[DB], token_hash)
     if found is None:
-        raise Unauthorized(scheme="Cookie")
+        raise Unauthorized()
+    await request.app[SESSION_LIMIT].take(token_hash)
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
@@ -123,7 +127,8 @@ def internal(request: web.Request) -> None:
 
 
 def client_ip(request: web.Request) -> str | None:
-    return request.remote
+    """The client's address (``api.client_address``: X-Forwarded-For only from trusted proxies)."""
+    return client_address(request)
 
 
 def actor(request: web.Request, access: Access) -> dict[str, object]:

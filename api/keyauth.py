@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import redis.exceptions
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared import apikeys, db, metrics, redis_keys
+from api.ratelimit import GCRA_FUNCTION, interval_us
+from shared import apikeys, db, metrics, redis_client, redis_keys
 from shared.errors import RateLimited, Unauthorized
 from shared.models import ApiKey
 from shared.repos import api_keys as key_repo
@@ -36,7 +36,7 @@ log = logging.getLogger("kaihooks.api.keys")
 # KEYS: epoch, revoked marker, rate bucket, touch marker, the key's business's data version
 # ARGV: epoch candidate, emission interval (µs), burst, touch interval (s)
 # Returns {epoch, revoked, allowed, retry_after_us, touch, data_version}
-_CHECK_SCRIPT = """
+_CHECK_SCRIPT = GCRA_FUNCTION + """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
@@ -45,25 +45,15 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {epoch, 1, 0, 0, 0, 0}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[3]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if now < allow_at then
-  return {epoch, 0, 0, allow_at - now, 0, 0}
+local wait = gcra(KEYS[3], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if wait > 0 then
+  return {epoch, 0, 0, wait, 0, 0}
 end
-redis.call('SET', KEYS[3], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 local touched = redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[4])
 local version = redis.call('GET', KEYS[5]) or '0'
 if touched then return {epoch, 0, 1, 0, 1, version} end
 return {epoch, 0, 1, 0, 0, version}
 """
-
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
 class _Coalescer:
@@ -124,7 +114,7 @@ class KeyVerifier:
         self._epoch: bytes | None = None
         self._used: dict[uuid.UUID, datetime] = {}
         self._local_touch: dict[uuid.UUID, float] = {}
-        self._interval_us = int(1_000_000 / settings.rate_limit_per_s)
+        self._interval_us = interval_us(settings.rate_limit_per_s)
 
     async def verify(self, token: str) -> Verified:
         """The key, or Unauthorized / RateLimited."""
@@ -156,10 +146,11 @@ class KeyVerifier:
                 [os.urandom(8).hex(), self._interval_us, self._settings.rate_limit_burst,
                  self._settings.key_touch_interval_s],
             )
-        except _REDIS_DOWN:
-            # Without Redis we cannot see revocations made elsewhere: trust only Postgres,
-            # and let the request through unthrottled rather than fail every integration.
-            log.warning("redis unavailable during key check; verifying against Postgres only")
+        except redis_client.UNUSABLE as exc:
+            # Without Redis (down, or answering errors: out of memory, read-only after a failover) we cannot
+            # see revocations made elsewhere: trust only Postgres, and let the request through unthrottled
+            # rather than fail every integration.
+            redis_client.note_failure("key_check", exc)
             self._cache.clear()
             if from_cache:
                 return await self._verify(token)

@@ -22,7 +22,7 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
 }
 _COMMON_ERRORS = {
     "key": (401, 403, 404, 429),
-    "session": (401, 403, 404),
+    "session": (401, 403, 404, 429),  # 429: the per-session rate limit
     "key_or_session": (401, 403, 404, 429),
     "internal": (401,),
     "none": (),

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
 from api.context import SETTINGS
@@ -26,19 +27,41 @@ def body_limit(request: web.Request) -> int:
     return settings.max_body_bytes_v1
 
 
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is over {limit} bytes.")
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body declared larger than the route's limit is refused before any handler runs: nothing is read,
+    buffered, authenticated or done for it. (Chunked bodies are cut off by ``read_json`` as they arrive.)"""
+    if request.content_length is not None and request.content_length > body_limit(request):
+        raise _too_large(body_limit(request))
+    return await handler(request)
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    """The body, read as it arrives and refused as soon as it passes ``limit`` (a chunked body says no
+    length up front; aiohttp's own cap is the largest route's, 8 MiB)."""
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
 async def read_json(request: web.Request) -> Any:
     """The parsed JSON body: 413 over the route's limit, 415 for another media type, 400 if malformed."""
     limit = body_limit(request)
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+        raise _too_large(limit)
     if request.content_type not in ("application/json", "application/octet-stream") and not (
         request.content_type.endswith("+json")
     ):
         # aiohttp reports a missing Content-Type as application/octet-stream: accept it.
         raise UnsupportedMediaType("Send JSON with Content-Type: application/json.")
-    raw = await request.read()
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"The request body is over {limit} bytes.")
+    raw = await _read_capped(request, limit)
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.")
     try:

@@ -11,6 +11,7 @@ import redis.exceptions
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from shared import redis_client
 from shared.errors import KaihooksError
 
 log = logging.getLogger("kaihooks.api")
@@ -86,6 +87,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                        errors=[{"loc": ["request"], "msg": "a value cannot be stored"}])
     except _UNAVAILABLE:
         log.warning("dependency unavailable", exc_info=True, extra={"path": request.path})
+        return problem(503, "service_unavailable", "Service unavailable",
+                       "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
+    except redis.exceptions.ResponseError as exc:
+        # Redis answering an error (out of memory, read-only after a failover) where nothing could carry on
+        # without it (say, a key's revocation marker): as unavailable as a Redis that is down.
+        redis_client.note_failure("request", exc)
         return problem(503, "service_unavailable", "Service unavailable",
                        "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
     except Exception:

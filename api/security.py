@@ -1,4 +1,5 @@
-"""Response headers every route gets: no caching of API data, no sniffing, no framing, no CORS.
+"""Response headers every route gets: no caching of API data, no sniffing, no framing, no CORS, and
+(outside KAIHOOKS_DEV) HTTPS only for a year, subdomains included.
 
 Dashboard pages get a Content-Security-Policy that allows only the service's own scripts, styles and
 API calls (no inline script or style, no other origin); everything else gets one that allows nothing,
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from api.context import SETTINGS
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -47,4 +50,10 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     extra = _DASHBOARD_HEADERS if _is_dashboard(request.path) else {"Content-Security-Policy": API_CSP}
     for name, value in (_HEADERS | extra).items():
         response.headers.setdefault(name, value)
+    settings = request.app[SETTINGS]
+    if not settings.dev and settings.hsts_max_age_s:
+        # A browser that once reached us over HTTPS never again sends a session cookie over plain HTTP
+        # (the cookie is Secure too; this also covers the first request a downgrade attack would take).
+        response.headers.setdefault("Strict-Transport-Security",
+                                    f"max-age={settings.hsts_max_age_s}; includeSubDomains")
     return response

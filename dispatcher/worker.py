@@ -35,7 +35,7 @@ async def startup(settings: Settings) -> dict[str, Any]:
     engine = Engine(settings, db, session, owner)
     engine.start()
     if settings.metrics_port:
-        prometheus_client.start_http_server(settings.metrics_port, addr=settings.listen_host)
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     log.info("worker started", extra={"owner": owner})
     return {"settings": settings, "db": db, "session": session, "engine": engine}
 

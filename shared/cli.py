@@ -11,13 +11,13 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
-from shared import db, ids, oncall_cli, passwords
+from shared import account_cli, account_service, db, ids, oncall_cli
 from shared.db import connect
 from shared.errors import KaihooksError
 from shared.migrations import migrate
 from shared.repos import businesses
-from shared.repos import users as user_repo
 from shared.settings import Settings, load_settings
+from shared.terminal import safe
 
 
 class CliError(Exception):
@@ -60,11 +60,7 @@ async def cmd_user_create(args: argparse.Namespace) -> None:
     email = args.email.strip()
     if "@" not in email or len(email) > 320 or email.startswith("@") or email.endswith("@"):
         raise CliError(f"not an email address: {email!r}")
-    if not args.password_stdin:
-        raise CliError("give the password on standard input with --password-stdin")
-    password = sys.stdin.readline().rstrip("\r\n")
-    if (why := passwords.check_policy(password)) is not None:
-        raise CliError(f"password {why}")
+    password = account_cli.read_password(args)
     business_ids = []
     for text in args.business:
         value = ids.decode("biz", text)
@@ -76,11 +72,12 @@ async def cmd_user_create(args: argparse.Namespace) -> None:
         for text, value in zip(args.business, business_ids, strict=True):
             if await businesses.get(conn, value) is None:
                 raise CliError(f"no such business: {text}")
-        password_hash = await passwords.hash_password_async(password)
-        async with conn.transaction():
-            user = await user_repo.upsert_with_memberships(conn, email, password_hash, business_ids, args.role)
+        user, ended = await account_service.create_or_update_user(conn, email, password, business_ids, args.role,
+                                                                  oncall_cli.cli_actor())
     finally:
         await conn.close()
+    if ended:
+        print(f"the password changed: {ended} session(s) ended")
     print(user.public_id)
 
 
@@ -112,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     ucreate.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     ucreate.set_defaults(run=cmd_user_create)
 
+    account_cli.register(sub, user)
     oncall_cli.register(sub)
     return parser
 
@@ -134,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"kaihooks: error: {message}", file=sys.stderr)
+    # Messages may quote input and what Postgres said about it: escaped like every other foreign text.
+    print(f"kaihooks: error: {safe(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 

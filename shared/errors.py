@@ -27,10 +27,12 @@ class BadRequest(KaihooksError):
 
 
 class Unauthorized(KaihooksError):
+    """Always ``WWW-Authenticate: Bearer`` (the contract's word), whichever credential the route also takes."""
+
     status, code, title = 401, "unauthorized", "Unauthorized"
 
-    def __init__(self, detail: str | None = None, *, scheme: str = "Bearer") -> None:
-        super().__init__(detail or "Missing or invalid credentials.", headers={"WWW-Authenticate": scheme})
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or "Missing or invalid credentials.", headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(KaihooksError):

@@ -14,7 +14,7 @@ import uuid
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _VALID = frozenset(_ALPHABET)
 
-PREFIXES = frozenset({"biz", "key", "ep", "evt", "dlv", "usr", "rcv"})
+PREFIXES = frozenset({"biz", "key", "ep", "evt", "dlv", "usr", "rcv", "ses"})
 
 
 _last = 0

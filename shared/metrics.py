@@ -45,3 +45,13 @@ RATE_LIMITED = Counter("kaihooks_rate_limited_total", "Key-authenticated request
 
 def result_class(status: int | None) -> str:
     return f"{status // 100}xx" if status is not None else "error"
+REDIS_FAILURES = Counter(
+    "kaihooks_redis_failures_total",
+    "Redis commands that failed while the process carried on in its degraded mode (alert on any rate)",
+    ["use",  # key_check | sign_in | session_rate | data_version | request
+     "kind"],  # unreachable (connection, timeout) | error (Redis answered an error: OOM, READONLY, ...)
+)
+SIGN_INS = Counter(
+    "kaihooks_sign_ins_total", "Dashboard sign-in attempts by how they ended",
+    ["outcome"],  # succeeded | wrong | throttled | busy (password checks at their bound) | unavailable
+)

@@ -1,4 +1,9 @@
-"""`kaihooks deliveries …` and `kaihooks endpoints …`: what the on-call engineer runs."""
+"""`kaihooks deliveries …` and `kaihooks endpoints …`: what the on-call engineer runs.
+
+Everything printed that this module did not write itself (receivers' answers, URLs, error messages,
+reasons, and the operator's own arguments echoed back) goes through ``shared.terminal``: ``table`` and
+``print_json`` do it for every cell and document, other lines call ``safe``.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from shared.repos import endpoints as endpoint_repo
 from shared.repos import health as health_repo
 from shared.settings import Settings
 from shared.signing import USER_AGENT
+from shared.terminal import safe, safe_json
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -56,12 +62,12 @@ def _id(prefix: str, text: str, what: str) -> Any:
     return value
 
 
-def _ts(value: datetime | None) -> str:
+def timestamp(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[safe(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line.rstrip()]
@@ -69,11 +75,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(out)
 
 
-def _json(data: Any) -> str:
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z, default=str).decode()
+def print_json(data: Any) -> None:
+    print(safe_json(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z, default=str).decode()))
 
 
-def _cli_actor() -> str:
+def cli_actor() -> str:
     return f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
 
@@ -96,14 +102,16 @@ async def deliveries_list(db: asyncpg.Pool, settings: Settings, args: argparse.N
     )
     data = [_delivery_row(r) for r in rows]
     if args.json:
-        print(_json(data))
+        print_json(data)
         return
     if not data:
-        print(f"no deliveries changed since {args.since}" + (f" with status {args.status}" if args.status else ""))
+        with_status = f" with status {args.status}" if args.status else ""
+        print(safe(f"no deliveries changed since {args.since}{with_status}"))
         return
     print(table(["id", "status", "endpoint", "event type", "attempts", "last", "updated"],
                 [[d["id"], d["status"], d["endpoint_id"], d["event_type"], d["attempts"],
-                  d["last_response_status"] or (d["last_error"] or "-")[:30], _ts(d["updated_at"])] for d in data]))
+                  d["last_response_status"] or (d["last_error"] or "-")[:30], timestamp(d["updated_at"])]
+                 for d in data]))
 
 
 async def deliveries_show(db: asyncpg.Pool, settings: Settings, args: argparse.Namespace) -> None:
@@ -124,22 +132,23 @@ async def deliveries_show(db: asyncpg.Pool, settings: Settings, args: argparse.N
         },
     } for a in attempts]
     if args.json:
-        print(_json(data))
+        print_json(data)
         return
-    print(f"delivery   {data['id']}  {data['status']}  ({d['attempt_count']} attempts)")
-    print(f"event      {data['event_id']}  {data['event_type']}")
-    print(f"endpoint   {data['endpoint_id']}")
+    print(safe(f"delivery   {data['id']}  {data['status']}  ({d['attempt_count']} attempts)"))
+    print(safe(f"event      {data['event_id']}  {data['event_type']}"))
+    print(safe(f"endpoint   {data['endpoint_id']}"))
     if d["status"] == "pending":
-        print(f"next       {_ts(d['next_attempt_at'])}")
+        print(f"next       {timestamp(d['next_attempt_at'])}")
     for a in data["attempts"]:
         outcome = a["response_status"] or a["error"] or "-"
-        print(f"\n#{a['number']}  {_ts(a['started_at'])}  {a['trigger']:<9}  {outcome}  "
-              f"{a['duration_ms']} ms  {a['url']}")
+        print()
+        print(safe(f"#{a['number']}  {timestamp(a['started_at'])}  {a['trigger']:<9}  {outcome}  "
+                   f"{a['duration_ms']} ms  {a['url']}"))
         if a["error_message"]:
-            print(f"    why:  {a['error_message']}")
+            print(f"    why:  {safe(a['error_message'])}")
         if a["response_body"]:
-            print(f"    body: {a['response_body'][:300]!r}")
-        print("    sent: " + ", ".join(f"{k}: {v}" for k, v in a["headers_sent"].items()))
+            print(f"    body: '{safe(a['response_body'][:300])}'")
+        print("    sent: " + safe(", ".join(f"{k}: {v}" for k, v in a["headers_sent"].items())))
 
 
 async def deliveries_retry(db: asyncpg.Pool, settings: Settings, args: argparse.Namespace) -> None:
@@ -164,7 +173,7 @@ async def endpoints_list(db: asyncpg.Pool, settings: Settings, args: argparse.Na
              "enabled": e.enabled, "disabled_reason": e.disabled_reason,
              "health": dataclasses.asdict(health[e.id])} for e in endpoints if e is not None]
     if args.json:
-        print(_json(data))
+        print_json(data)
         return
     if not data:
         print("no endpoints")
@@ -189,10 +198,10 @@ async def endpoints_enable(db: asyncpg.Pool, settings: Settings, args: argparse.
     async with db.acquire() as conn, conn.transaction():
         await endpoint_repo.update(conn, endpoint.business_id, endpoint_id, {"enabled": True})
         await audit.record(conn, action="endpoint.enabled", business_id=endpoint.business_id,
-                           target_id=endpoint.public_id, details={"actor": _cli_actor(),
+                           target_id=endpoint.public_id, details={"actor": cli_actor(),
                                                                   "was": endpoint.disabled_reason})
-    print(f"enabled {endpoint.public_id}" + (f" (was disabled: {endpoint.disabled_reason})"
-                                            if not endpoint.enabled else " (it was already enabled)"))
+    print(safe(f"enabled {endpoint.public_id}" + (f" (was disabled: {endpoint.disabled_reason})"
+                                                 if not endpoint.enabled else " (it was already enabled)")))
 
 
 async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse.Namespace) -> None:
@@ -201,7 +210,7 @@ async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse
     if args.dry_run:
         plan = await recovery.plan(db, endpoint_id, since=since, until=until, include_missed=args.include_missed)
         if args.json:
-            print(_json(dataclasses.asdict(plan)))
+            print_json(dataclasses.asdict(plan))
             return
         print(f"would send {plan.count} delivery(ies) ({plan.failed} failed"
               + (f", {plan.missed} never sent" if args.include_missed else "") + "); nothing was changed")
@@ -210,7 +219,7 @@ async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse
             print(table(["last response", "count"], sorted(plan.by_last_status.items())))
         return
     job = await recovery.start(db, endpoint_id, since=since, until=until, include_missed=args.include_missed,
-                               rate_per_s=args.rate, actor=_cli_actor(), audit_actor={},
+                               rate_per_s=args.rate, actor=cli_actor(), audit_actor={},
                                deadline_s=settings.replay_deadline_s)
     job_text = ids.encode("rcv", job.id)
     print(f"recover {job_text}: {job.total} delivery(ies) at most {args.rate:g}/s "

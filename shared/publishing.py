@@ -4,7 +4,6 @@ projections and the deliveries to every matching endpoint (the workers are notif
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,19 +12,16 @@ from typing import Any
 
 import asyncpg
 import orjson
-import redis.exceptions as redis_errors
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from shared import ids, redis_keys
+from shared import ids, redis_client, redis_keys
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.events import DATA_MODELS, MAX_DATA_BYTES, CallData, EventIn, Kind, is_deletion, projection_of
 from shared.repos import businesses as business_repo
 from shared.repos import events as event_repo
 from shared.repos import ingest
 from shared.repos.ingest import Change
-
-log = logging.getLogger("kaihooks.publishing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +98,10 @@ async def bump_data_versions(redis: Redis, business_ids: set[uuid.UUID]) -> None
             for business_id in business_ids:
                 pipe.incr(redis_keys.DATA_VERSION.format(business_id=business_id))
             await pipe.execute()
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
-        log.warning("could not bump data versions; cached pages expire within a minute",
-                    extra={"businesses": len(business_ids)})
+    except redis_client.UNUSABLE as exc:
+        # Accepted all the same (stored in Postgres). Key checks need the same Redis, so while it fails no
+        # page is served from cache; should it fail for bumps only, pages expire within a minute.
+        redis_client.note_failure("data_version", exc)
 
 
 async def publish(

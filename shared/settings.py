@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.redis_keys import REVOKED_TTL_S
 
 
 def _parse_duration_s(text: str) -> float:
@@ -38,6 +41,12 @@ class Settings(BaseSettings):
     delivery_timeout: float = Field(10.0, gt=0, le=300)
     # Older master keys, base64, comma-separated: webhook secrets sealed under them still open.
     old_secret_keys: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    # Peers (CIDRs, comma-separated) whose X-Forwarded-For is believed: the right-most address in it that is
+    # not one of them is the client. From any other peer the header is ignored. None by default.
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    # Strict-Transport-Security max-age on every response (not sent with KAIHOOKS_DEV; 0: never sent).
+    hsts_max_age_s: int = Field(365 * 86400, ge=0)
+    access_log: bool = False  # one log line per request (method, path, status, time, client address)
 
     # Delivery.
     endpoint_max_in_flight: int = Field(10, ge=1)  # concurrent requests to one endpoint, per worker
@@ -60,12 +69,22 @@ class Settings(BaseSettings):
     endpoint_metrics_s: float = Field(60.0, gt=0)  # how often a worker refreshes the per-endpoint gauges
     metrics_port: int = Field(0, ge=0, le=65535)  # the worker's /metrics port; 0: not served
     dev: bool = False
+    # The address the worker's /metrics binds. It has no authentication: loopback unless told otherwise.
+    metrics_host: str = "127.0.0.1"
 
     # Sessions and sign-in.
     session_ttl_s: int = Field(12 * 3600, ge=60)
     login_max_failures: int = Field(10, ge=1)  # per email
     login_max_failures_per_ip: int = Field(10, ge=1)
     login_window_s: int = Field(15 * 60, ge=1)
+    # argon2 checks one process runs at once (each takes about 64 MiB and tens of ms of CPU), and how many
+    # sign-ins may wait for one; past that, sign-in answers 503 with Retry-After.
+    password_checks_max_in_flight: int = Field(4, ge=1)
+    password_checks_max_waiting: int = Field(16, ge=0)
+    # Requests one dashboard session may make (GCRA, like an API key's limit).
+    session_rate_limit_per_s: float = Field(20.0, gt=0)
+    session_rate_limit_burst: int = Field(60, ge=1)
+    sessions_max_per_user: int = Field(10, ge=1)  # a new sign-in past this ends the user's oldest session
 
     # API keys.
     rate_limit_per_s: float = Field(50.0, gt=0)
@@ -96,6 +115,33 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        parts = value.split(",") if isinstance(value, str) else value
+        if not isinstance(parts, list | tuple):
+            return value
+        networks = []
+        for part in parts:
+            text = str(part).strip()
+            if not text:
+                continue
+            try:
+                networks.append(ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(f"KAIHOOKS_TRUSTED_PROXIES: not an address or CIDR: {text!r}") from None
+        return tuple(networks)
+
+    @field_validator("key_cache_ttl_s")
+    @classmethod
+    def _key_cache_within_revocation(cls, value: float) -> float:
+        # A deleted key is refused by other processes only while its revocation marker lives: a cached
+        # copy must expire before the marker does, or the key would work again on that process.
+        if value > REVOKED_TTL_S:
+            raise ValueError(f"KAIHOOKS_KEY_CACHE_TTL_S must be at most {REVOKED_TTL_S} (seconds a deleted key's "
+                             "revocation marker lives; a cached key must not outlive it)")
         return value
 
     @field_validator("retry_schedule", "replay_schedule", mode="before")

@@ -1,4 +1,5 @@
-"""Dashboard sign-in: throttled password check, then a server-side session."""
+"""Dashboard sign-in: a counted attempt (``shared.login_throttle``), a bounded password check
+(``shared.password_checks``), then a server-side session; a user keeps at most ``sessions_max_per_user``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from redis.asyncio import Redis
 
-from shared import passwords, redis_keys
-from shared.errors import RateLimited, Unauthorized
+from shared import metrics, redis_client
+from shared.errors import RateLimited, ServiceUnavailable, Unauthorized
+from shared.login_throttle import LoginThrottle
 from shared.models import Membership, User
+from shared.password_checks import PasswordChecks
 from shared.repos import sessions as session_repo
 from shared.repos import users as user_repo
 from shared.settings import Settings
@@ -27,49 +30,52 @@ class SignedIn:
     expires_at: datetime
 
 
-def _throttle_keys(email: str, ip: str | None) -> list[str]:
-    digest = hashlib.sha256(user_repo.normalise_email(email).encode()).hexdigest()
-    keys = [redis_keys.LOGIN_FAILURES_EMAIL.format(digest=digest)]
-    if ip:
-        keys.append(redis_keys.LOGIN_FAILURES_IP.format(ip=ip))
-    return keys
+class SignIns:
+    """Owned by one API process: the throttle's scripts and the bound on password checks."""
 
+    def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis) -> None:
+        self._settings = settings
+        self._db = db
+        self._throttle = LoginThrottle(redis, settings)
+        self._checks = PasswordChecks(settings.password_checks_max_in_flight, settings.password_checks_max_waiting)
 
-async def _check_throttle(redis: Redis, settings: Settings, keys: list[str]) -> None:
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.get(key)
-            pipe.ttl(key)
-        results = await pipe.execute()
-    limits = [settings.login_max_failures, settings.login_max_failures_per_ip]
-    for count, ttl, limit in zip(results[::2], results[1::2], limits, strict=False):
-        if count is not None and int(count) >= limit:
-            raise RateLimited(max(int(ttl), 1), "Too many failed sign-ins; try again later.")
+    async def sign_in(self, email: str, password: str, ip: str | None) -> SignedIn:
+        """RateLimited past a budget (per email, per address), ServiceUnavailable when the attempt cannot be
+        counted or checked now, Unauthorized on a wrong pair."""
+        try:
+            attempt = await self._throttle.reserve(email, ip)
+        except RateLimited:
+            metrics.SIGN_INS.labels(outcome="throttled").inc()
+            raise
+        except redis_client.UNUSABLE as exc:
+            # No count, no limit on guesses: refuse rather than check unthrottled.
+            redis_client.note_failure("sign_in", exc)
+            metrics.SIGN_INS.labels(outcome="unavailable").inc()
+            raise ServiceUnavailable("Sign-in is unavailable for a moment; retry shortly.",
+                                     headers={"Retry-After": "1"}) from None
+        checked = False
+        try:
+            found = await user_repo.credentials(self._db, email)
+            ok = await self._checks.verify(found[1] if found else None, password)
+            checked = True
+        except ServiceUnavailable:
+            metrics.SIGN_INS.labels(outcome="busy").inc()
+            raise
+        finally:
+            if not checked:
+                await attempt.not_checked()
+        if found is None or not ok:
+            metrics.SIGN_INS.labels(outcome="wrong").inc()
+            raise Unauthorized("Wrong email or password.")
+        await attempt.succeeded()
+        metrics.SIGN_INS.labels(outcome="succeeded").inc()
+        return await self._new_session(found[0], ip)
 
-
-async def _record_failure(redis: Redis, settings: Settings, keys: list[str]) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        for key in keys:
-            pipe.incr(key)
-            pipe.expire(key, settings.login_window_s, nx=True)
-        await pipe.execute()
-
-
-async def sign_in(
-    db: asyncpg.Pool, redis: Redis, settings: Settings, email: str, password: str, ip: str | None
-) -> SignedIn:
-    """Raise RateLimited after too many failures (per email and per IP), Unauthorized on a bad pair."""
-    keys = _throttle_keys(email, ip)
-    await _check_throttle(redis, settings, keys)
-    found = await user_repo.credentials(db, email)
-    ok = await passwords.verify_password_async(found[1] if found else None, password)
-    if found is None or not ok:
-        await _record_failure(redis, settings, keys)
-        raise Unauthorized("Wrong email or password.", scheme="Cookie")
-    user = found[0]
-    await redis.delete(keys[0])
-    token = secrets.token_urlsafe(32)
-    csrf = secrets.token_urlsafe(32)
-    expires_at = datetime.now(UTC) + timedelta(seconds=settings.session_ttl_s)
-    await session_repo.create(db, hashlib.sha256(token.encode()).digest(), user.id, csrf, ip, expires_at)
-    return SignedIn(user, await user_repo.memberships(db, user.id), token, csrf, expires_at)
+    async def _new_session(self, user: User, ip: str | None) -> SignedIn:
+        token = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.session_ttl_s)
+        async with self._db.acquire() as conn, conn.transaction():
+            await session_repo.create(conn, hashlib.sha256(token.encode()).digest(), user.id, csrf, ip, expires_at)
+            await session_repo.keep_newest(conn, user.id, self._settings.sessions_max_per_user)
+        return SignedIn(user, await user_repo.memberships(self._db, user.id), token, csrf, expires_at)

@@ -109,6 +109,9 @@ def settings(database_url: str, redis_url: str, settings_overrides: dict[str, An
         # Every test signs in from 127.0.0.1; only the throttle's own tests use the real limit.
         "login_max_failures": 10_000,
         "login_max_failures_per_ip": 10_000,
+        # Tests drive the dashboard's API far faster than a person: only the limit's own test uses a real one.
+        "session_rate_limit_per_s": 10_000,
+        "session_rate_limit_burst": 10_000,
         "queue_name": _QUEUE,
     }
     values.update(settings_overrides)

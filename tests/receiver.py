@@ -3,7 +3,8 @@
 /ok -> 200; /status/<n> -> n; /flaky/<k> -> 500 for the first k requests of each webhook-id, then 200;
 /retry-after/<status>/<value> -> that status with Retry-After: value; /redirect -> 301;
 /hang -> never answers; /reset -> closes the connection; /trickle -> a 200 whose body never ends;
-/slow/<ms>[/...] -> 200 after that many milliseconds.
+/slow/<ms>[/...] -> 200 after that many milliseconds; /hostile -> 500 whose body is terminal escape sequences
+(``HOSTILE``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+# What a receiver that attacks the on-call engineer's terminal answers: a title change, a screen clear, a C1
+# control sequence introducer (U+009B) and a right-to-left override.
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x9b31m\u202egnp.exe"
 
 
 @dataclass
@@ -86,6 +91,8 @@ class Receiver:
                 await response.write(b"x")
                 await asyncio.sleep(0.2)
             return response
+        if kind == "hostile":
+            return web.Response(status=500, text=HOSTILE)
         if kind == "big":
             return web.Response(status=500, body=b"\x00" * 10 + b"e" * 100_000)
         return web.Response(status=200, text="ok")

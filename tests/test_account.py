@@ -150,3 +150,39 @@ async def test_no_internal_tokens_refuses_everything(api: Api) -> None:
     assert r.status == 401
     r = await api.post("/internal/v1/businesses", json={"name": "x"}, key="")
     assert r.status == 401
+
+
+async def test_a_missing_or_dead_credential_asks_for_bearer(tenant: Tenant, api: Api,
+                                                          db: asyncpg.Connection) -> None:
+    """The contract's word on every 401, whichever credential the route also takes."""
+    for path in ("/v1/me", f"{tenant.path}/api-keys", f"{tenant.path}/webhook-endpoints", "/v1/auth/logout"):
+        r = await (api.post(path) if path.endswith("logout") else api.get(path))
+        assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer", (path, r.headers)
+    wrong = await api.login(tenant.owner_email, "not the password")
+    assert wrong.status == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+    await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second'")
+    r = await tenant.owner.get("/v1/me")
+    assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"session_rate_limit_per_s": 2, "session_rate_limit_burst": 5}])
+async def test_sessions_are_rate_limited_per_session(tenant: Tenant, server: TestServer) -> None:
+    statuses = [(await tenant.owner.get("/v1/me")).status for _ in range(8)]
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:], statuses
+    r = await tenant.owner.get(f"{tenant.path}/api-keys")
+    assert r.status == 429 and r.problem["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1
+    # The limit is per session: the same user signed in elsewhere is unaffected.
+    async with Api(str(server.make_url(""))) as elsewhere:
+        assert (await elsewhere.login(tenant.owner_email, tenant.password)).status == 200
+        assert (await elsewhere.get("/v1/me")).status == 200
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sessions_max_per_user": 2}])
+async def test_a_new_sign_in_ends_the_oldest_session_past_the_cap(tenant: Tenant, server: TestServer) -> None:
+    async with Api(str(server.make_url(""))) as second, Api(str(server.make_url(""))) as third:
+        assert (await second.login(tenant.owner_email, tenant.password)).status == 200
+        assert (await tenant.owner.get("/v1/me")).status == 200
+        assert (await third.login(tenant.owner_email, tenant.password)).status == 200
+        assert (await tenant.owner.get("/v1/me")).status == 401  # the oldest of three
+        assert (await second.get("/v1/me")).status == 200
+        assert (await third.get("/v1/me")).status == 200

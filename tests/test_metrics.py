@@ -99,3 +99,32 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
     finally:
         worker.terminate()
         assert await asyncio.to_thread(worker.wait, 15) == 0
+
+
+async def _answers(host: str, port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}/metrics") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.mark.parametrize("metrics_host, reachable_elsewhere", [(None, False), ("0.0.0.0", True)])
+async def test_worker_metrics_listen_on_loopback_unless_told(settings: Settings, metrics_host: str | None,
+                                                             reachable_elsewhere: bool) -> None:
+    """Unauthenticated /metrics is not offered to the network by default (the API's own host setting
+    does not apply to it). 127.0.0.2 is loopback too, but reaches only a socket bound to every address."""
+    port = free_port()
+    extra = {"KAIHOOKS_METRICS_HOST": metrics_host} if metrics_host else {}
+    env = process_env(settings, KAIHOOKS_METRICS_PORT=str(port), KAIHOOKS_LISTEN_HOST="0.0.0.0", **extra)
+    worker = subprocess.Popen([sys.executable, "-m", "dispatcher"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not await _answers("127.0.0.1", port):
+            assert worker.poll() is None and time.monotonic() < deadline, "the worker's /metrics never answered"
+            await asyncio.sleep(0.1)
+        assert await _answers("127.0.0.2", port) is reachable_elsewhere
+    finally:
+        worker.terminate()
+        assert await asyncio.to_thread(worker.wait, 15) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from shared import ids
 from shared.settings import Settings
 from tests.processes import ROOT, process_env
+from tests.receiver import HOSTILE
 from tests.test_publishing import call
 from tests.world import FAST, World
 
@@ -28,8 +31,9 @@ async def kaihooks(settings: Settings, *args: str) -> subprocess.CompletedProces
         env=process_env(settings), timeout=60, check=False)
 
 
-async def _failed_deliveries(world: World, count: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    ep = await world.endpoint("/status/500")
+async def _failed_deliveries(world: World, count: int, path: str = "/status/500"
+                             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    ep = await world.endpoint(path)
     for i in range(count):
         await world.publish(data=call(f"oc{i}"))
     return ep, await world.settled(ep["id"], count)
@@ -107,3 +111,38 @@ async def test_bad_input_is_one_line(settings: Settings, args: list[str], fragme
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert fragment in r.stderr
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+async def test_text_a_receiver_controls_is_printed_with_control_characters_escaped(
+    world: World, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """A receiver's answer, and text stored before validation tightened or named by a receiver's TLS
+    certificate (URLs, error messages, reasons), never reaches the terminal as escape sequences."""
+    ep, [failed] = await _failed_deliveries(world, 1, "/hostile")
+    endpoint_id = ids.decode("ep", ep["id"])
+    await db.execute("UPDATE endpoints SET url = url || $1, enabled = false, disabled_reason = $1 WHERE id = $2",
+                     HOSTILE, endpoint_id)
+    await db.execute("UPDATE deliveries SET last_error = $1 WHERE endpoint_id = $2", HOSTILE, endpoint_id)
+    await db.execute("UPDATE attempts SET url = url || $1, error = $1 WHERE delivery_id = $2",
+                     HOSTILE, ids.decode("dlv", failed["id"]))
+    runs = [
+        await kaihooks(settings, "deliveries", "show", failed["id"]),
+        await kaihooks(settings, "deliveries", "show", failed["id"], "--json"),
+        await kaihooks(settings, "deliveries", "list", "--endpoint", ep["id"]),
+        await kaihooks(settings, "deliveries", "list", "--endpoint", ep["id"], "--json"),
+        await kaihooks(settings, "endpoints", "list", "--business", world.tenant.business_id),
+        await kaihooks(settings, "endpoints", "list", "--business", world.tenant.business_id, "--json"),
+        await kaihooks(settings, "endpoints", "enable", ep["id"]),
+        await kaihooks(settings, "endpoints", "recover", ep["id"], "--since", "1h", "--dry-run"),
+        await kaihooks(settings, "deliveries", "list", "--since", "1h\x1b[2J"),
+    ]
+    for r in runs:
+        assert not _CONTROL.search(r.stdout + r.stderr), (r.args, r.stdout + r.stderr)
+    show = runs[0].stdout
+    assert "\\x1b]0;pwned\\x07" in show and "\\u202e" in show and "\\x9b31m" in show
+    # JSON output stays JSON, with the same text once decoded.
+    data = json.loads(runs[1].stdout)
+    assert data["attempts"][0]["response_body"] == HOSTILE and data["attempts"][0]["error_message"] == HOSTILE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import auth, render
-from api.context import DB, REDIS, SETTINGS
+from api.context import DB, SETTINGS, SIGN_INS
 from api.parsing import parse_body
 from api.routing import Routes
 from api.schemas import LoginIn, LoginOut, MeOut, memberships_out, user_out
@@ -13,20 +13,18 @@ from shared import ids
 from shared.errors import Unauthorized
 from shared.repos import sessions as session_repo
 from shared.repos import users as user_repo
-from shared.sign_in import sign_in
 
 routes = Routes("account")
 
 
 @routes.post("/v1/auth/login", summary="Sign in to the dashboard", auth="none", body=LoginIn,
-             response=LoginOut, errors=(401, 429))
+             response=LoginOut, errors=(401, 429, 503))
 async def login(request: web.Request) -> web.StreamResponse:
     if "Authorization" in request.headers:
         raise Unauthorized("API keys cannot sign in.")
     body = await parse_body(request, LoginIn)
     settings = request.app[SETTINGS]
-    done = await sign_in(request.app[DB], request.app[REDIS], settings, body.email, body.password,
-                         auth.client_ip(request))
+    done = await request.app[SIGN_INS].sign_in(body.email, body.password, auth.client_ip(request))
     response = render.json({"user": user_out(done.user), "memberships": memberships_out(done.memberships),
                             "csrf_token": done.csrf_token})
     response.set_cookie(auth.SESSION_COOKIE, done.session_token, httponly=True, samesite="Lax",

@@ -33,6 +33,10 @@ async def upsert_with_memberships(
     return User(id=row["id"], email=row["email"])
 
 
+async def set_password_hash(db: Executor, user_id: uuid.UUID, password_hash: str) -> None:
+    await db.execute("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash)
+
+
 async def credentials(db: Executor, email: str) -> tuple[User, str] | None:
     """The user and stored password hash for a sign-in attempt."""
     row = await db.fetchrow(
