@@ -1,6 +1,7 @@
 """The product's processes under the drill: API processes (``python -m api``) and workers
-(``python -m dispatcher``), each in a slot that survives its process being killed and started again,
-plus the resident set size (RSS) of every process, sampled from /proc."""
+(``python -m dispatcher``), each in a slot that survives its process being killed and started again
+(a worker slot keeps its ``KAIHOOKS_METRICS_PORT``), plus the resident set size (RSS) of every process,
+sampled from /proc."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class Slot:
     argv: list[str]
     env: dict[str, str]
     port: int | None = None  # API processes
+    metrics_port: int | None = None  # workers: KAIHOOKS_METRICS_PORT (the same across restarts)
     child: Child | None = None
     lives: list[Life] = field(default_factory=list)
     _log_offset: int = 0
@@ -82,7 +84,9 @@ class Fleet:
             self.slots.append(Slot(f"api-{i}", "api", [sys.executable, "-m", "api"],
                                    {**env, "PORT": str(port)}, port=port))
         for i in range(workers):
-            self.slots.append(Slot(f"worker-{i}", "worker", [sys.executable, "-m", "dispatcher"], dict(env)))
+            metrics_port = free_port()
+            self.slots.append(Slot(f"worker-{i}", "worker", [sys.executable, "-m", "dispatcher"],
+                                   {**env, "KAIHOOKS_METRICS_PORT": str(metrics_port)}, metrics_port=metrics_port))
 
     def of(self, kind: str) -> list[Slot]:
         return [s for s in self.slots if s.kind == kind]

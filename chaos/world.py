@@ -10,6 +10,12 @@ each ``http://127.0.0.1:<receiver>/<kind>/<n>`` with its own signing secret. Lay
 - one business has, besides, a ``dead`` endpoint (always 500) for ``lead.updated`` only;
 - one business, the *gone* business, has a ``gone`` endpoint (200 until the runner flips the receiver's
   switch, then 410: disabled by design, its events are expected to stop there) and an ``ok`` one.
+- the **hostile** endpoints (``HOSTILE_KINDS``, for every event type, spread over the regular businesses):
+  ``hostile_per_kind`` of each kind; they answer like ``ok`` until the drill's hostile phase begins;
+- the **churn** endpoints (``churn``, for every event type, spread over the regular businesses from the
+  other end): the drill deletes, disables and enables, re-points, re-keys and recovers them during the phase
+  through the public API, with the API key (``webhooks:read``, ``webhooks:write``) that every business with
+  a hostile, churn or dead endpoint gets (made with ``shared.api_key_service.create_key``, as the route does).
 """
 
 from __future__ import annotations
@@ -22,12 +28,17 @@ from typing import Any
 
 import aiohttp
 
-from shared import ids, webhook_service
+from shared import api_key_service, ids, webhook_service
 from shared.db import create_pool
 from shared.settings import Settings
 
 FAULT_KINDS = ("flaky", "r429", "hang", "reset", "trickle", "redirect")
 HEALTHY_KINDS = ("ok", *FAULT_KINDS)  # every event sent to these must arrive (a 2xx answer)
+# Hostile receivers (see receiver.py): their deliveries may end failed, but must settle by their deadline.
+HOSTILE_KINDS = ("random", "badretry", "huge", "drip", "midreset", "silent", "g410")
+GONE_KINDS = ("gone", "g410")  # they answer 410 Gone: the service disables them, by design
+CHURN_KIND = "churn"
+KEY_SCOPES = ("webhooks:read", "webhooks:write")
 NARROW_TYPES = ("call.completed", "lead.created")
 DEAD_TYPES = ("lead.updated",)
 # Event types and their shares of the load.
@@ -53,6 +64,7 @@ class Business:
     id: str  # biz_…
     uuid: uuid.UUID
     endpoints: list[Endpoint] = field(default_factory=list)
+    api_key: str | None = field(default=None, repr=False)  # kc_live_…, for the churn (webhooks:read/write)
 
 
 @dataclass
@@ -77,7 +89,8 @@ class World:
         return counts
 
 
-async def make_world(api_url: str, token: str, settings: Settings, receiver_port: int, businesses: int) -> World:
+async def make_world(api_url: str, token: str, settings: Settings, receiver_port: int, businesses: int,
+                     hostile_per_kind: int = 0, churn: int = 0) -> World:
     base = f"http://127.0.0.1:{receiver_port}"
     made: list[Business] = []
     headers = {"Authorization": f"Bearer {token}"}
@@ -101,6 +114,11 @@ async def make_world(api_url: str, token: str, settings: Settings, receiver_port
         if i == 1:
             plan.append((business, "dead", DEAD_TYPES))
     plan += [(made[-1], "gone", None), (made[-1], "ok", None)]
+    regular = made[:-1]
+    for j in range(hostile_per_kind * len(HOSTILE_KINDS)):
+        plan.append((regular[(j * 5 + 2) % len(regular)], HOSTILE_KINDS[j % len(HOSTILE_KINDS)], None))
+    for j in range(churn):
+        plan.append((regular[-1 - (j * 3) % len(regular)], CHURN_KIND, None))
 
     secrets: dict[str, str] = {}
     db = await create_pool(settings, min_size=1, max_size=2)
@@ -113,6 +131,12 @@ async def make_world(api_url: str, token: str, settings: Settings, receiver_port
             secrets[path] = created.secret
             business.endpoints.append(Endpoint(created.endpoint.public_id, created.endpoint.id, business.id, path,
                                                kind, types))
+        for business in made:
+            if any(e.kind in (*HOSTILE_KINDS, CHURN_KIND, "dead") for e in business.endpoints):
+                key = await api_key_service.create_key(
+                    db, settings, business_id=business.uuid, name="chaos churn", scopes=KEY_SCOPES, expires_at=None,
+                    actor_user_id=None, ip=None)
+                business.api_key = key.secret
     finally:
         await db.close()
     return World(made, secrets)
