@@ -14,8 +14,12 @@ endpoints:
 - ``retry`` (hostile endpoints): the first failed delivery of ``GET …/deliveries?status=failed``, then
   ``POST …/deliveries/{id}/retry``.
 
-Each endpoint has a script (``SCRIPTS``, one per churn endpoint in turn) started at a seeded offset into the
-phase; scripts without a delete start again every ``period_s`` until the phase ends. An action that meets a
+A delete or a disable comes right after a burst of ``BURST_EVENTS`` events for the endpoint's business (through
+the publisher, acknowledged like the rest), once the receiver has a request of it in flight: the endpoint's
+lane then has deliveries queued and in flight when the change lands. Every delete, disable, re-point and
+rotation waits (up to ``IN_FLIGHT_WAIT_S``) for a request in flight at the endpoint, and the log says how many
+there were. Each endpoint has a script (``SCRIPTS``, one per churn endpoint in turn) started at a seeded offset
+into the phase; scripts without a delete start again every ``period_s`` until the phase ends. An action that meets a
 503 or no answer is tried again (on the other API process) for up to ``ACTION_RETRY_S``, longer than a
 Postgres outage of the drill. Everything is logged with the wall-clock window in which it took effect: from
 the first request to the answer that settled it. ``History`` keeps, per endpoint, its paths, its enabled
@@ -29,6 +33,7 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,17 +48,23 @@ KEY_SLACK_S = 2.0  # the receiver accepts an old secret this long after its grac
 RECOVER_RATE = 20.0
 REQUEST_TIMEOUT_S = 10.0
 # (action, seconds after the script's start)
+# A disable lasts 10-12 s: long enough for a request sent more than GONE_GRACE_S after it to show.
 SCRIPTS: tuple[tuple[tuple[str, float], ...], ...] = (
     (("repoint", 0), ("rotate", 3), ("delete", 14)),
-    (("disable", 0), ("enable", 6), ("recover_missed", 7), ("rotate", 12)),
-    (("rotate", 0), ("repoint", 4), ("disable", 9), ("enable", 13), ("recover", 14)),
+    (("disable", 0), ("enable", 12), ("recover_missed", 13), ("rotate", 17)),
+    (("rotate", 0), ("repoint", 4), ("disable", 8), ("enable", 20), ("recover", 21)),
     (("delete", 0),),
     (("repoint", 0), ("rotate", 5), ("repoint", 9), ("recover", 12)),
-    (("disable", 0), ("enable", 4), ("recover_missed", 5)),
+    (("disable", 0), ("enable", 10), ("recover_missed", 11)),
 )
 RETRY_TARGETS = ("silent", "badretry", "random", "drip", "huge", "midreset", "dead")
 IN_FLIGHT_WAIT_S = 3.0  # a delete, disable, re-point or rotation waits this long, at most, for a request in flight
 WAITS_FOR_IN_FLIGHT = ("delete", "disable", "repoint", "rotate")
+# Before a delete or a disable, a burst of this many events for the endpoint's business: its lane then holds
+# a queue (each answer takes up to 1.2 s) when the change lands, so that "queued" is not an empty word.
+BURST_EVENTS = 80
+BURST_BEFORE = ("delete", "disable")
+BURST_SETTLE_S = 0.5  # from the burst's first request in flight to the change
 
 
 @dataclass
@@ -158,8 +169,10 @@ def plan(world: World, phase: tuple[float, float], period_s: float, seed: int) -
 class Churn:
     """Runs the plan against the API processes and the receiver; ``log`` and ``histories`` say what it did."""
 
-    def __init__(self, world: World, apis: list[str], receiver: str, load_start: float, actions: list[Action]) -> None:
+    def __init__(self, world: World, apis: list[str], receiver: str, load_start: float, actions: list[Action],
+                 burst: Callable[[Business, int], None] | None = None) -> None:
         self.world = world
+        self.burst = burst
         self.apis = apis
         self.receiver = receiver
         self.load_start = load_start
@@ -201,6 +214,10 @@ class Churn:
         business = self.world.business(ep.business)
         base = f"/v1/businesses/{business.id}/webhook-endpoints/{ep.id}"
         kind = action.kind
+        if kind in BURST_BEFORE and self.burst is not None:
+            self.burst(business, BURST_EVENTS)
+            if await self._in_flight(http, history, IN_FLIGHT_WAIT_S) > 0:
+                await asyncio.sleep(BURST_SETTLE_S)
         in_flight = await self._in_flight(http, history, IN_FLIGHT_WAIT_S if kind in WAITS_FOR_IN_FLIGHT else 0.0)
         if kind == "delete":
             done, _ = await self._call(http, business, "DELETE", base, None, action, in_flight)

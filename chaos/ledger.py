@@ -305,6 +305,7 @@ def check(world: World, acks: dict[str, Ack], raw_records: list[list[Any]], db: 
     slowest: list[tuple[float, Ack, Any, int]] = []
     expected = {"healthy": 0, "gone": 0, "dead": 0, "hostile": 0, "churn": 0}
     gone_outcomes: Counter[str] = Counter()
+    g410_outcomes: Counter[str] = Counter()
     dead_outcomes: Counter[str] = Counter()
     churn_outcomes: Counter[str] = Counter()
     hostile_outcomes: Counter[str] = Counter()
@@ -330,21 +331,21 @@ def check(world: World, acks: dict[str, Ack], raw_records: list[list[Any]], db: 
                 expected["gone"] += 1
                 disabled = db.disabled_at.get(ep.id)
                 fanned = db.fanned_out_at.get(ack.event_id)
-                key = "gone" if ep.kind == "gone" else "g410"
+                outcomes = gone_outcomes if ep.kind == "gone" else g410_outcomes
                 if got:
-                    gone_outcomes[f"{key}: received"] += 1
+                    outcomes["received"] += 1
                 elif delivery is not None and delivery.status == "failed" and (
                         delivery.last_response_status == 410 or delivery.last_error == "endpoint disabled"
                         or (disabled is not None and delivery.updated_at >= disabled)):
-                    gone_outcomes[f"{key}: failed: endpoint gone"] += 1
+                    outcomes["failed: endpoint gone"] += 1
                 elif delivery is None and disabled is not None and fanned is not None and fanned >= disabled:
-                    gone_outcomes[f"{key}: not sent: fanned out after the disable"] += 1
+                    outcomes["not sent: fanned out after the disable"] += 1
                 elif delivery is not None and delivery.status == "failed" and ep.kind == "g410":
-                    gone_outcomes[f"{key}: failed (hostile receiver)"] += 1
+                    outcomes["failed (hostile receiver)"] += 1
                 elif delivery is not None and delivery.status == "pending" and ep.kind == "g410":
-                    gone_outcomes[f"{key}: pending (see the deadline check)"] += 1
+                    outcomes["pending (see the deadline check)"] += 1
                 else:
-                    gone_outcomes[f"{key}: lost"] += 1
+                    outcomes["lost"] += 1
                     lost.append(f"{ack.event_id} -> {ep.path} ({ep.kind}): neither received nor ended by the "
                                 f"disable; delivery {_describe(delivery)}, fanned out {fanned}, disabled {disabled}")
             elif ep.kind == "dead":
@@ -493,6 +494,7 @@ def check(world: World, acks: dict[str, Ack], raw_records: list[list[Any]], db: 
         "duplicate_samples": duplicates[:10],
         "duplicates_unexplained_by_kind": dict(Counter(d["kind"] for d in unexplained)),
         "gone_endpoint": dict(gone_outcomes),
+        "g410_endpoints": dict(g410_outcomes),
         "gone_requests_after_disable": after_disable,
         "dead_endpoint": dict(dead_outcomes),
         "hostile_endpoints": dict(hostile_outcomes),

@@ -59,6 +59,7 @@ class Publisher:
     tally: Counter[tuple[str, str]] = field(default_factory=Counter)
     bad: list[Answer] = field(default_factory=list)  # 5xx other than 503, 503 that is not problem+json, 4xx
     published: int = 0  # events handed to the senders
+    injected: int = 0  # ...of which bursts from outside the pacer (the churn's)
     retries: int = 0
     duplicates_acked: int = 0  # events acknowledged as duplicate: a first try had committed them
     _queue: asyncio.Queue[list[dict[str, Any]]] = field(default_factory=asyncio.Queue)
@@ -89,7 +90,7 @@ class Publisher:
     async def _pace(self, duration_s: float) -> None:
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < duration_s:
-            due = int(self.rate * elapsed) - self.published
+            due = int(self.rate * elapsed) - (self.published - self.injected)
             while due > 0:
                 size = 1 if self._rng.random() < 0.33 else self._rng.randint(2, 50)
                 size = min(size, due)
@@ -97,6 +98,12 @@ class Publisher:
                 self.published += size
                 due -= size
             await asyncio.sleep(TICK_S)
+
+    def inject(self, events: list[dict[str, Any]]) -> None:
+        """Publish these events besides the steady load, as one request (acknowledged and recorded alike)."""
+        self._queue.put_nowait(events)
+        self.published += len(events)
+        self.injected += len(events)
 
     def _pick_api(self) -> int:
         self._next_api = (self._next_api + 1) % len(self.apis)

@@ -334,9 +334,10 @@ class Drill:
     async def drain_state(self, expected_healthy: int, healthy_ids: list[Any],
                           dead_ids: list[Any]) -> tuple[bool, int, int, int] | None:
         """(drained, pending deliveries that may still settle in time, settled deliveries, pending deliveries),
-        or None while Postgres does not answer. Drained: every event fanned out, nothing pending but the dead
-        endpoint's, and every healthy (event, endpoint) pair succeeded. A pending delivery may still settle in
-        time while its deadline plus margin is ahead."""
+        or None while Postgres does not answer; the dead endpoint's deliveries left out (as ever: the drill does
+        not wait for them; the deadline check judges those settled or already late). Drained: every event fanned
+        out, nothing pending, and every healthy (event, endpoint) pair succeeded. A pending delivery may still
+        settle in time while its deadline plus margin is ahead."""
         try:
             conn = await asyncpg.connect(self.pg.url, timeout=3)
         except (OSError, asyncpg.PostgresError, TimeoutError):
@@ -356,7 +357,7 @@ class Drill:
                            {'d.deadline_at' if has_deadline else 'NULL::timestamptz'} AS deadline_at,
                            j.created_at AS job_created_at, j.total AS job_total, j.rate_per_s AS job_rate
                     FROM deliveries d LEFT JOIN recover_jobs j ON j.id = d.recover_job_id
-                    WHERE d.status = 'pending'""")
+                    WHERE d.status = 'pending' AND d.endpoint_id <> ALL($1::uuid[])""", dead_ids)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return None
         finally:
@@ -431,8 +432,10 @@ class Drill:
         self.scraper = Scraper(self.fleet)
         scraper = asyncio.create_task(self.scraper.run())
         self.load_start = time.time()
+        maker = publisher.maker
         self.churn = Churn(self.world, [s.url for s in self.fleet.of("api")], self._rcv(""), self.load_start,
-                           plan(self.world, self.p.phase, self.p.churn_period_s, seed=8))
+                           plan(self.world, self.p.phase, self.p.churn_period_s, seed=8),
+                           burst=lambda business, n: publisher.inject([maker.next(business) for _ in range(n)]))
         watcher = asyncio.create_task(self.watch(publisher))
         faults = asyncio.create_task(self.run_plan())
         churning = asyncio.create_task(self.churn.run())
@@ -706,8 +709,11 @@ def summary(report: dict[str, Any], took_s: float) -> str:
                                                   f"{x['requests']} requests)" for x in report["slowest"][:3]),
         f"  API answers              {api['by_status']} (500s: {api['answers_500']}, 503 outside Postgres "
         f"outages: {api['answers_503_outside_postgres_outages']})",
-        f"  gone endpoint            {report['gone_endpoint']}, requests after disable "
-        f"{report['gone_requests_after_disable']}",
+        f"  gone endpoint            {report['gone_endpoint']}; g410 {report['g410_endpoints']}; requests after "
+        f"disable {report['gone_requests_after_disable']}",
+        f"  hostile endpoints        {report['hostile_endpoints']}",
+        f"  churn endpoints          {report['churn_endpoints']}; queued while disabled "
+        f"{report['queued_while_disabled']}",
         f"  dead endpoint            {report['dead_endpoint']}",
         "  RSS (MiB)                " + "; ".join(
             f"{k}: " + (f"{v['after_warmup']} -> {v['end_of_load']} (max {v['max']})" if "growth" in v

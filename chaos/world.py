@@ -153,9 +153,10 @@ class EventMaker:
         self._types = list(TYPE_WEIGHTS)
         self._weights = list(TYPE_WEIGHTS.values())
 
-    def next(self) -> dict[str, Any]:
+    def next(self, business: Business | None = None) -> dict[str, Any]:
+        """The next event: for every business in turn, or for ``business`` (the churn's bursts)."""
         n = next(self._seq)
-        business = self._world.businesses[n % len(self._world.businesses)]
+        business = business or self._world.businesses[n % len(self._world.businesses)]
         type_ = self._rng.choices(self._types, self._weights)[0]
         if type_.startswith("call."):
             data: dict[str, Any] = {
