@@ -60,9 +60,10 @@ SCRIPTS: tuple[tuple[tuple[str, float], ...], ...] = (
 RETRY_TARGETS = ("silent", "badretry", "random", "drip", "huge", "midreset", "dead")
 IN_FLIGHT_WAIT_S = 3.0  # a delete, disable, re-point or rotation waits this long, at most, for a request in flight
 WAITS_FOR_IN_FLIGHT = ("delete", "disable", "repoint", "rotate")
-# Before a delete or a disable, a burst of this many events for the endpoint's business: its lane then holds
-# a queue (each answer takes up to 1.2 s) when the change lands, so that "queued" is not an empty word.
-BURST_EVENTS = 80
+# Before a delete or a disable, a burst of this many events for the endpoint's business, which the churn
+# receiver answers in 1.4-1.5 s each: its lane (10 requests at once per worker) then holds a queue for several
+# seconds (longer than ledger.GONE_GRACE_S) when the change lands, so that "queued" is not an empty word.
+BURST_EVENTS = 120
 BURST_BEFORE = ("delete", "disable")
 BURST_SETTLE_S = 0.5  # from the burst's first request in flight to the change
 

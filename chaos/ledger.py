@@ -80,6 +80,7 @@ HELD_LIMIT = 1000
 HELD_AFTER_DRAIN = 10
 STALL_LIMIT_S = 10.0
 WRITER_FAILING_S = 15.0
+WRITER_STUCK_BATCH = 100  # from the log: a writer whose waiting results grew to this many between two complaints
 WARM_S = 5.0  # a worker's counters are watched from this long after its start
 
 
@@ -677,8 +678,9 @@ def check_workers(ledger: Ledger, lives: list[LifeMetrics], timing: Timing,
                   writer_complaints: dict[str, list[tuple[float, int, str]]] | None = None) -> dict[str, Any]:
     """Held deliveries, the oldest one's age, the writer and progress, per worker process life. Without the
     flush-failure counter, the writer's log is read instead (``writer_complaints``: per life, when it said it
-    could not record its results, how many it held, the error): it kept failing when two complaints outside
-    Postgres outages, at least WRITER_FAILING_S apart, report the same error and a batch that did not shrink."""
+    could not record its results, how many it held, the error): it kept failing when, between two complaints
+    outside Postgres outages at least WRITER_FAILING_S apart, the results waiting grew (to WRITER_STUCK_BATCH
+    or more): nothing was written in between."""
     figures: dict[str, Any] = {}
     held_fail: list[str] = []
     drained_fail: list[str] = []
@@ -731,8 +733,8 @@ def check_workers(ledger: Ledger, lives: list[LifeMetrics], timing: Timing,
                 longest_failing = max(longest_failing, t - run_start)
         if not failures and writer_complaints:
             said = [(t, n, e) for t, n, e in writer_complaints.get(name, []) if timing.outside_outages(t)]
-            for (t1, n1, e1), (t2, n2, e2) in itertools.pairwise(said):
-                if e1 == e2 and n2 >= n1 > 0 and t2 - t1 >= WRITER_FAILING_S:
+            for (t1, n1, _), (t2, n2, e2) in itertools.pairwise(said):
+                if n2 > n1 and n2 >= WRITER_STUCK_BATCH and t2 - t1 >= WRITER_FAILING_S:
                     longest_failing = max(longest_failing, t2 - t1)
                     row["writer_error"] = e2
                     row["writer_holding_results"] = n2

@@ -17,7 +17,8 @@ delivery can still succeed within the retry schedule):
 - ``gone``: 200 until ``POST /_chaos/gone`` (the runner's switch), then ``410 Gone`` for good;
 - ``dead``: always 500;
 - ``churn``: 200 after 0.05-1.2 s (so that the runner's churn, which deletes, disables, re-points and
-  re-keys these endpoints, finds requests in flight).
+  re-keys these endpoints, finds requests in flight); after 1.4-1.5 s for events whose data has
+  ``"chaos_slow"`` (the churn's bursts: their deliveries queue up in the endpoint's lane).
 
 The **hostile** kinds answer as ``ok`` except between ``POST /_chaos/hostile`` and ``POST
 /_chaos/hostile?on=0`` (the drill's hostile phase), when (``nth`` is the request's number for its
@@ -91,6 +92,7 @@ RANDOM_STATUSES = (200, 200, 200, 200, 200, 201, 204, 299, 200, 200, 201,
                    400, 401, 404, 408, 418, 422, 429,
                    500, 502, 503, 504, 599)
 OVERSIZED = ("huge-big-over", "huge-many-over", "huge-500")
+SLOW_MARK = b'"chaos_slow"'  # in an event's data: the churn's bursts, answered in 1.4-1.5 s by churn endpoints
 
 
 def retry_after_values(now: float) -> tuple[str, ...]:
@@ -205,7 +207,8 @@ def _huge_headers(what: str) -> dict[str, str]:
 
 
 def build(state: State) -> web.Application:
-    async def answer(request: web.Request, kind: str, what: str, record: list[object]) -> web.StreamResponse:
+    async def answer(request: web.Request, kind: str, what: str, record: list[object],
+                     body: bytes) -> web.StreamResponse:
         """Write the answer ``what``; the status it had (the record's outcome is set by the caller)."""
         if what.startswith("midreset"):
             record[4] = 200
@@ -275,7 +278,8 @@ def build(state: State) -> web.Application:
         record[4] = status
         if what == "churn":
             h = zlib.crc32(f"{request.path}|{request.headers.get('webhook-id', '')}".encode())
-            await asyncio.sleep(0.05 + (h % 1150) / 1000)
+            slow = SLOW_MARK in body
+            await asyncio.sleep(1.4 + (h % 100) / 1000 if slow else 0.05 + (h % 1150) / 1000)
         elif kind in ("ok", *HOSTILE_KINDS):
             await asyncio.sleep(random.uniform(0.001, 0.015))
         if status not in (204, 304):
@@ -311,7 +315,7 @@ def build(state: State) -> web.Application:
                     raise asyncio.CancelledError  # nothing more to write on this connection
                 if what == "hang":
                     await asyncio.sleep(state.hang_s)
-                response = await answer(request, kind, what, record)
+                response = await answer(request, kind, what, record, body)
             except (ConnectionError, asyncio.CancelledError):
                 if record[5] == "cancelled":
                     record[3] = time.time()

@@ -6,15 +6,26 @@
 
 It starts a Postgres cluster and a Redis server of its own on free ports (see ``servers.py``), migrates the
 database with ``kaihooks migrate``, starts two API processes (``python -m api``), two workers (``python -m
-dispatcher``) and the scripted receivers (``receiver.py``), makes businesses and endpoints (``world.py``),
-and publishes a steady load of events over both API processes (``load.py``) while it, on a fixed plan:
-SIGKILLs a worker and starts it again, SIGKILLs an API process and starts it again, kills Redis and starts
-it empty, stops Postgres for 10 s (the full drill also crashes it, and kills both workers at once), and
-turns the ``gone`` receiver to 410. Then it waits for the backlog to drain and checks the ledger
-(``ledger.py``): nothing acknowledged lost, duplicates only from requests in flight at a worker's kill,
-nothing stuck, no 500 from the API, memory flat. Exit status 0 when every check holds.
+dispatcher``, each serving its ``/metrics`` on a port of its own) and the scripted receivers
+(``receiver.py``), makes businesses and endpoints (``world.py``), and publishes a steady load of events over
+both API processes (``load.py``) while it, on a fixed plan: SIGKILLs a worker and starts it again, SIGKILLs an
+API process and starts it again, kills Redis and starts it empty, stops Postgres for 10 s (the full drill also
+crashes it, and kills both workers at once), and turns the ``gone`` receiver to 410.
 
-Everything it starts is stopped, and its temporary directory removed, however it ends.
+The **hostile phase** (``Profile.phase``, most of the load): the hostile receivers (random statuses, garbage
+``Retry-After``, huge headers, dripping bodies, resets mid-body, silence, 410) are switched on, and the churn
+(``churn.py``) deletes, disables and re-enables, re-points, re-keys and recovers the churn endpoints through the
+public API while deliveries to them are queued and in flight; the workers' ``/metrics`` are scraped every
+second (``scrape.py``).
+
+Then it waits for the backlog to drain (until nothing pending can still settle by its deadline) and checks the
+ledger (``ledger.py``): nothing acknowledged lost, duplicates only from requests in flight at a worker's kill,
+nothing stuck, every delivery settled by its deadline plus a margin, the churn's changes obeyed, no worker
+wedged (held deliveries bounded, the writer recovering, claims going on), no 500 from the API, memory flat.
+Each check's verdict and figures are in the report (``checks``); exit status 0 when every check holds.
+
+Everything it starts is stopped, and its temporary directory removed, however it ends; the whole run is bounded
+by its profile's budget.
 """
 
 from __future__ import annotations

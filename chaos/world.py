@@ -154,8 +154,10 @@ class EventMaker:
         self._weights = list(TYPE_WEIGHTS.values())
 
     def next(self, business: Business | None = None) -> dict[str, Any]:
-        """The next event: for every business in turn, or for ``business`` (the churn's bursts)."""
+        """The next event: for every business in turn, or for ``business`` (the churn's bursts, marked
+        ``"chaos_slow"``: churn receivers answer them slowly)."""
         n = next(self._seq)
+        burst = business is not None
         business = business or self._world.businesses[n % len(self._world.businesses)]
         type_ = self._rng.choices(self._types, self._weights)[0]
         if type_.startswith("call."):
@@ -168,4 +170,6 @@ class EventMaker:
             data = {"id": f"lead-{n}", "name": "Jo Example", "phone": "+15550003333", "call_id": f"call-{n}"}
         else:
             data = {"id": f"agent-{n % 50}", "name": f"Agent {n % 50}", "status": "active"}
+        if burst:
+            data["chaos_slow"] = True
         return {"business_id": business.id, "type": type_, "data": data, "idempotency_key": f"{self._run}-{n}"}
