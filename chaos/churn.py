@@ -63,7 +63,7 @@ WAITS_FOR_IN_FLIGHT = ("delete", "disable", "repoint", "rotate")
 # Before a delete or a disable, a burst of this many events for the endpoint's business, which the churn
 # receiver answers in 1.4-1.5 s each: its lane (10 requests at once per worker) then holds a queue for several
 # seconds (longer than ledger.GONE_GRACE_S) when the change lands, so that "queued" is not an empty word.
-BURST_EVENTS = 120
+BURST_EVENTS = 200
 BURST_BEFORE = ("delete", "disable")
 BURST_SETTLE_S = 0.5  # from the burst's first request in flight to the change
 

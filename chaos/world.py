@@ -12,10 +12,11 @@ each ``http://127.0.0.1:<receiver>/<kind>/<n>`` with its own signing secret. Lay
   switch, then 410: disabled by design, its events are expected to stop there) and an ``ok`` one.
 - the **hostile** endpoints (``HOSTILE_KINDS``, for every event type, spread over the regular businesses):
   ``hostile_per_kind`` of each kind; they answer like ``ok`` until the drill's hostile phase begins;
-- the **churn** endpoints (``churn``, for every event type, spread over the regular businesses from the
-  other end): the drill deletes, disables and enables, re-points, re-keys and recovers them during the phase
-  through the public API, with the API key (``webhooks:read``, ``webhooks:write``) that every business with
-  a hostile, churn or dead endpoint gets (made with ``shared.api_key_service.create_key``, as the route does).
+- the **churn** endpoints (``churn``, for every event type, two on each of the *churn* businesses, which
+  have nothing else, so that the churn's bursts of events reach only them): the drill deletes, disables and
+  enables, re-points, re-keys and recovers them during the phase through the public API, with the API key
+  (``webhooks:read``, ``webhooks:write``) that every business with a hostile, churn or dead endpoint gets
+  (made with ``shared.api_key_service.create_key``, as the route does).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ HEALTHY_KINDS = ("ok", *FAULT_KINDS)  # every event sent to these must arrive (a
 HOSTILE_KINDS = ("random", "badretry", "huge", "drip", "midreset", "silent", "g410")
 GONE_KINDS = ("gone", "g410")  # they answer 410 Gone: the service disables them, by design
 CHURN_KIND = "churn"
+CHURN_PER_BUSINESS = 2  # churn endpoints live on businesses of their own (the churn's bursts reach only them)
 KEY_SCOPES = ("webhooks:read", "webhooks:write")
 NARROW_TYPES = ("call.completed", "lead.created")
 DEAD_TYPES = ("lead.updated",)
@@ -93,10 +95,12 @@ async def make_world(api_url: str, token: str, settings: Settings, receiver_port
                      hostile_per_kind: int = 0, churn: int = 0) -> World:
     base = f"http://127.0.0.1:{receiver_port}"
     made: list[Business] = []
+    churn_businesses = (churn + CHURN_PER_BUSINESS - 1) // CHURN_PER_BUSINESS
+    names = [f"Chaos Plumbing {i:03d}" for i in range(businesses)] + ["Chaos Gone Co."] + [
+        f"Chaos Churn Co. {i}" for i in range(churn_businesses)]
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        for i in range(businesses + 1):
-            name = f"Chaos Plumbing {i:03d}" if i < businesses else "Chaos Gone Co."
+        for name in names:
             async with http.post(api_url + "/internal/v1/businesses", json={"name": name}) as r:
                 body = await r.json()
                 if r.status != 201:
@@ -104,21 +108,21 @@ async def make_world(api_url: str, token: str, settings: Settings, receiver_port
             biz_uuid = ids.decode("biz", body["id"])
             assert biz_uuid is not None
             made.append(Business(body["id"], biz_uuid))
+    regular, gone, churners = made[:businesses], made[businesses], made[businesses + 1:]
 
     plan: list[tuple[Business, str, tuple[str, ...] | None]] = []
-    for i, business in enumerate(made[:-1]):
+    for i, business in enumerate(regular):
         plan.append((business, "ok", None))
         plan.append((business, FAULT_KINDS[i % len(FAULT_KINDS)], None))
         if i % 3 == 0:
             plan.append((business, ("ok", *FAULT_KINDS)[(i // 3) % 7], NARROW_TYPES))
         if i == 1:
             plan.append((business, "dead", DEAD_TYPES))
-    plan += [(made[-1], "gone", None), (made[-1], "ok", None)]
-    regular = made[:-1]
+    plan += [(gone, "gone", None), (gone, "ok", None)]
     for j in range(hostile_per_kind * len(HOSTILE_KINDS)):
         plan.append((regular[(j * 5 + 2) % len(regular)], HOSTILE_KINDS[j % len(HOSTILE_KINDS)], None))
     for j in range(churn):
-        plan.append((regular[-1 - (j * 3) % len(regular)], CHURN_KIND, None))
+        plan.append((churners[j // CHURN_PER_BUSINESS], CHURN_KIND, None))
 
     secrets: dict[str, str] = {}
     db = await create_pool(settings, min_size=1, max_size=2)
