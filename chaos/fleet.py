@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -132,12 +133,24 @@ class Fleet:
         slot.lives[-1].killed = at
         return at
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace_s: float = 12.0) -> None:
+        """SIGTERM every process at once (a worker takes up to ~8 s to hand back its work), wait for them
+        together, SIGKILL (the process group) whatever is still running after ``grace_s``."""
+        live = [slot for slot in self.slots if slot.child is not None and slot.child.popen.poll() is None]
+        for slot in live:
+            assert slot.child is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(slot.child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for slot in live:
+            assert slot.child is not None
+            try:
+                slot.child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop(slot.child, grace_s=0.1)  # SIGTERM again, then SIGKILL to the group
         for slot in self.slots:
-            if slot.child is not None:
-                stop(slot.child, grace_s=12)
-                if slot.lives and slot.lives[-1].killed is None:
-                    slot.lives[-1].killed = time.time()
+            if slot.lives and slot.lives[-1].killed is None:
+                slot.lives[-1].killed = time.time()
 
     def sample_rss(self) -> None:
         now = time.time()

@@ -27,10 +27,11 @@ The **hostile** kinds answer as ``ok`` except between ``POST /_chaos/hostile`` a
 - ``random``: a status drawn per request from 2xx (200, 201, 204, 299), 3xx (301, 307, 308 with
   ``Location``; 302 and 304 without), 4xx (400, 401, 404, 408, 418, 422, 429 without ``Retry-After``) and
   5xx (500, 502, 503 without ``Retry-After``, 504, 599); about 40 % are 2xx. Never 410 (see ``g410``);
-- ``badretry``: the first two requests get 429 or 503 with a garbage ``Retry-After`` (``RETRY_AFTER``:
+- ``badretry``: the first request gets 429 or 503 with a garbage ``Retry-After`` (``retry_after_values``:
   ``²``, which ``str.isdigit()`` accepts and ``float()`` refuses, ``-1``, ``NaN``, ``1e9``, twenty 9s,
   ``'  12  '``, an HTTP date an hour ago and one ten years ahead, ``Wed, 99 Foo 2026``, 6 KiB of digits and
-  6 KiB of words, non-ASCII text); then 200;
+  6 KiB of words, non-ASCII text); the next ones 200 (so that failures and successes alternate and the
+  endpoint's breaker seldom opens: the values keep being served);
 - ``huge``: the first two requests get a response with huge headers: one header of 8,000 bytes (within
   the common 8 KiB limit), one of 9,000 bytes, 90 headers, 1,000 headers, or a 500 with a 16 KiB header;
   then 200. Answers past the usual limits (a header line over 8 KiB, over 100 headers) are recorded as
@@ -104,6 +105,9 @@ def retry_after_values(now: float) -> tuple[str, ...]:
 
 
 RETRY_AFTER_COUNT = len(retry_after_values(0.0))
+RETRY_AFTER_LABELS = ("'²'", "'-1'", "'NaN'", "'1e9'", "twenty 9s", "'  12  '", "an HTTP date an hour ago",
+                      "an HTTP date 10 years ahead", "'Wed, 99 Foo 2026'", "6 KiB of digits", "6 KiB of words",
+                      "'bientôt'", "'五秒後'")
 
 
 @dataclass
@@ -164,7 +168,7 @@ def fault(kind: str, path: str, msg_id: str, nth: int, gone: bool, hostile: bool
     if kind == "random":
         return f"status-{RANDOM_STATUSES[per_request % len(RANDOM_STATUSES)]}"
     if kind == "badretry":
-        return f"badretry-{(h + nth) % RETRY_AFTER_COUNT}" if nth <= 2 else "ok"
+        return f"badretry-{h % RETRY_AFTER_COUNT}" if nth == 1 else "ok"
     if kind == "huge":
         variants = ("huge-big-near", "huge-big-over", "huge-many-near", "huge-many-over", "huge-500")
         return variants[(h + nth) % len(variants)] if nth <= 2 else "ok"

@@ -557,17 +557,14 @@ class Drill:
             for path, _, _ in h.paths:
                 kinds[path] = h.endpoint.kind
         requests: dict[str, Counter[str]] = {}
-        from receiver import retry_after_values
-
-        labels = retry_after_values(0.0)
+        from receiver import RETRY_AFTER_LABELS as labels
         for r in received["records"]:
             kind = kinds.get(r[0], "?")
             if kind not in (*HOSTILE_KINDS, CHURN_KIND):
                 continue
             what = str(r[7])
             if what.startswith("badretry-"):
-                value = labels[int(what.removeprefix("badretry-"))]
-                what = "Retry-After " + (repr(value) if len(value) < 30 else f"{value[:8]!r}… ({len(value)} chars)")
+                what = "Retry-After " + labels[int(what.removeprefix("badretry-"))]
             requests.setdefault(kind, Counter())[f"{what}: {r[5]}"] += 1
         by_kind = {}
         for kind in (*HOSTILE_KINDS, CHURN_KIND, *HEALTHY_KINDS, "gone", "dead"):
