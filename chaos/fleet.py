@@ -1,6 +1,7 @@
 """The product's processes under the drill: API processes (``python -m api``) and workers
-(``python -m dispatcher``), each in a slot that survives its process being killed and started again,
-plus the resident set size (RSS) of every process, sampled from /proc."""
+(``python -m dispatcher``), each in a slot that survives its process being killed and started again
+(a worker slot keeps its ``KAIHOOKS_METRICS_PORT``), plus the resident set size (RSS) of every process,
+sampled from /proc."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -57,6 +59,7 @@ class Slot:
     argv: list[str]
     env: dict[str, str]
     port: int | None = None  # API processes
+    metrics_port: int | None = None  # workers: KAIHOOKS_METRICS_PORT (the same across restarts)
     child: Child | None = None
     lives: list[Life] = field(default_factory=list)
     _log_offset: int = 0
@@ -82,7 +85,9 @@ class Fleet:
             self.slots.append(Slot(f"api-{i}", "api", [sys.executable, "-m", "api"],
                                    {**env, "PORT": str(port)}, port=port))
         for i in range(workers):
-            self.slots.append(Slot(f"worker-{i}", "worker", [sys.executable, "-m", "dispatcher"], dict(env)))
+            metrics_port = free_port()
+            self.slots.append(Slot(f"worker-{i}", "worker", [sys.executable, "-m", "dispatcher"],
+                                   {**env, "KAIHOOKS_METRICS_PORT": str(metrics_port)}, metrics_port=metrics_port))
 
     def of(self, kind: str) -> list[Slot]:
         return [s for s in self.slots if s.kind == kind]
@@ -128,12 +133,24 @@ class Fleet:
         slot.lives[-1].killed = at
         return at
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace_s: float = 12.0) -> None:
+        """SIGTERM every process at once (a worker takes up to ~8 s to hand back its work), wait for them
+        together, SIGKILL (the process group) whatever is still running after ``grace_s``."""
+        live = [slot for slot in self.slots if slot.child is not None and slot.child.popen.poll() is None]
+        for slot in live:
+            assert slot.child is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(slot.child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for slot in live:
+            assert slot.child is not None
+            try:
+                slot.child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop(slot.child, grace_s=0.1)  # SIGTERM again, then SIGKILL to the group
         for slot in self.slots:
-            if slot.child is not None:
-                stop(slot.child, grace_s=12)
-                if slot.lives and slot.lives[-1].killed is None:
-                    slot.lives[-1].killed = time.time()
+            if slot.lives and slot.lives[-1].killed is None:
+                slot.lives[-1].killed = time.time()
 
     def sample_rss(self) -> None:
         now = time.time()

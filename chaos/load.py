@@ -4,7 +4,8 @@ A pacer cuts the load into requests (a third single events, the rest batches of 
 post them. Every event carries an idempotency key, so a request that failed or whose answer was lost is sent
 again, unchanged, to the other API process (after a short pause): an event committed by a process killed
 before it answered then comes back as ``duplicate: true`` with its first id. Only a ``202`` counts as an
-acknowledgement; each acknowledged event is recorded with its id and the time its ``202`` arrived.
+acknowledgement; each acknowledged event is recorded with its id, the time its first request was sent and
+the time its ``202`` arrived (it was stored in between).
 
 Every answer is tallied by API process and status (``refused`` / ``reset`` / ``timeout`` for no answer).
 A ``503`` must be problem+json with code ``service_unavailable``; any other 5xx is a failure of the drill.
@@ -35,6 +36,7 @@ class Ack:
     business: str
     type: str
     acked_at: float  # wall clock
+    sent_at: float = 0.0  # when its first request was sent: the event was stored between this and acked_at
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Publisher:
     tally: Counter[tuple[str, str]] = field(default_factory=Counter)
     bad: list[Answer] = field(default_factory=list)  # 5xx other than 503, 503 that is not problem+json, 4xx
     published: int = 0  # events handed to the senders
+    injected: int = 0  # ...of which bursts from outside the pacer (the churn's)
     retries: int = 0
     duplicates_acked: int = 0  # events acknowledged as duplicate: a first try had committed them
     _queue: asyncio.Queue[list[dict[str, Any]]] = field(default_factory=asyncio.Queue)
@@ -87,7 +90,7 @@ class Publisher:
     async def _pace(self, duration_s: float) -> None:
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < duration_s:
-            due = int(self.rate * elapsed) - self.published
+            due = int(self.rate * elapsed) - (self.published - self.injected)
             while due > 0:
                 size = 1 if self._rng.random() < 0.33 else self._rng.randint(2, 50)
                 size = min(size, due)
@@ -95,6 +98,12 @@ class Publisher:
                 self.published += size
                 due -= size
             await asyncio.sleep(TICK_S)
+
+    def inject(self, events: list[dict[str, Any]]) -> None:
+        """Publish these events besides the steady load, as one request (acknowledged and recorded alike)."""
+        self._queue.put_nowait(events)
+        self.published += len(events)
+        self.injected += len(events)
 
     def _pick_api(self) -> int:
         self._next_api = (self._next_api + 1) % len(self.apis)
@@ -111,13 +120,14 @@ class Publisher:
     async def _send(self, http: aiohttp.ClientSession, events: list[dict[str, Any]]) -> None:
         body = orjson.dumps({"events": events} if len(events) > 1 else events[0])
         api = self._pick_api()
+        first_sent = time.time()
         while True:
             name, url = self.apis[api]
             answer = await self._post(http, name, url, body)
             self.answers.append(answer)
             self.tally[(name, answer.status)] += 1
             if answer.status == "202":
-                self._acknowledged(events, orjson.loads(answer.detail), answer.at)
+                self._acknowledged(events, orjson.loads(answer.detail), answer.at, first_sent)
                 return
             if answer.status.startswith("4"):
                 self.bad.append(answer)  # the drill's own mistake: never retried, reported
@@ -153,11 +163,11 @@ class Publisher:
         except TimeoutError:
             return Answer(time.time(), name, "timeout", f"no answer in {REQUEST_TIMEOUT_S:g} s")
 
-    def _acknowledged(self, events: list[dict[str, Any]], body: dict[str, Any], at: float) -> None:
+    def _acknowledged(self, events: list[dict[str, Any]], body: dict[str, Any], at: float, first_sent: float) -> None:
         accepted = body["events"]
         assert len(accepted) == len(events), (len(accepted), len(events))
         for sent, got in zip(events, accepted, strict=True):
             assert got["idempotency_key"] == sent["idempotency_key"], (got, sent["idempotency_key"])
             if got["duplicate"]:
                 self.duplicates_acked += 1
-            self.acks[sent["idempotency_key"]] = Ack(got["id"], sent["business_id"], sent["type"], at)
+            self.acks[sent["idempotency_key"]] = Ack(got["id"], sent["business_id"], sent["type"], at, first_sent)
