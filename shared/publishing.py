@@ -47,7 +47,11 @@ def _prepare(events: Sequence[EventIn], locs: Sequence[list[str | int]]) -> list
     prepared: list[_Prepared] = []
     now = datetime.now(UTC)
     for event, loc in zip(events, locs, strict=True):
-        data_json = orjson.dumps(event.data)
+        try:
+            data_json = orjson.dumps(event.data)
+        except orjson.JSONEncodeError:  # nested past orjson's 255 levels (the API refuses past 64 before this)
+            errors.append({"loc": [*loc, "data"], "msg": "data is nested too deeply"})
+            continue
         if len(data_json) > MAX_DATA_BYTES:
             raise PayloadTooLarge(f"{_where(loc)}data is over {MAX_DATA_BYTES // 1024} KiB.")
         try:

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # Request bodies.
     max_body_bytes_v1: int = 1024 * 1024
     max_body_bytes_internal: int = 8 * 1024 * 1024
+    # JSON nested deeper than this is refused (422) on every route. At most 200: orjson parses 1024 levels
+    # and writes 255, and an event's data is written again when it is stored.
+    max_json_depth: int = Field(64, ge=2, le=200)
 
     db_pool_min_size: int = Field(2, ge=0)
     db_pool_max_size: int = Field(10, ge=1)

@@ -597,6 +597,62 @@ async def test_json_that_is_not_an_object_is_422(tenant: Tenant, db: asyncpg.Con
     expect.verify()
 
 
+def _nested(depth: int, inner: bytes = b"1", opener: bytes = b"[", closer: bytes = b"]") -> bytes:
+    return opener * depth + inner + closer * depth
+
+
+def _deep_bodies() -> list[tuple[str, bytes]]:
+    """JSON nested past the 64-level limit, in the shapes that used to reach a RecursionError (a 500)."""
+    return [
+        ("65 nested arrays", _nested(65)),
+        ("65 nested objects", _nested(65, b"1", b'{"a":', b"}")),
+        ("an object holding 70 nested arrays", b'{"name": ' + _nested(70) + b"}"),
+        ("10,000 [", b"[" * 10_000),
+        ("10,000 [ closed", _nested(10_000)),
+        ("1,000 nested arrays around a \\u0000", _nested(1000, b'"\\u0000"')),
+        ("an object with 1,000 nested arrays around a \\u0000", b'{"name": ' + _nested(1000, b'"\\u0000"') + b"}"),
+    ]
+
+
+async def test_json_nested_past_64_levels_is_422_on_every_route(tenant: Tenant, db: asyncpg.Connection) -> None:
+    """Sign-in included, without signing in: a clear 422 naming the limit, never a 500, nothing written."""
+    endpoint = (await tenant.owner.post(f"{tenant.path}/webhook-endpoints",
+                                        json={"url": "https://hooks.example.com/deep"})).body["id"]
+    one = f"{tenant.path}/webhook-endpoints/{endpoint}"
+    expect = await Expect(db).start()
+    targets = [*[("POST", path, headers) for path, headers in _json_targets(tenant)],
+               ("PATCH", one, {}), ("POST", f"{one}/secret/rotate", {}), ("POST", f"{one}/recover", {})]
+    async with Api(tenant.base_url) as anonymous:
+        for what, raw in _deep_bodies():
+            for method, path, headers in targets:
+                client = anonymous if path == "/v1/auth/login" else tenant.owner
+                r = await client.request(method, path, data=raw,
+                                         headers={**headers, "Content-Type": "application/json"})
+                problem = await expect.problem(f"{method} {path} with {what}", r, 422, "validation_error")
+                if r.status == 422 and "64" not in problem.get("detail", ""):
+                    expect.wrong.append(f"{method} {path} with {what}: the detail does not name the limit: {problem}")
+    expect.verify()
+
+
+async def test_event_data_nested_deep_is_422_and_64_levels_are_accepted(api: Api, db: asyncpg.Connection) -> None:
+    business_id = await create_business(api.base_url)
+
+    def body(depth: int) -> bytes:
+        # The body is level 1 and data level 2: ``depth`` levels in all.
+        return (b'{"business_id": "' + business_id.encode() + b'", "type": "agent.created", "data": '
+                b'{"id": "agent-deep", "name": "Deep", "x": ' + _nested(depth - 2) + b"}}")
+
+    expect = await Expect(db).start()
+    for depth in (65, 400, 1000):
+        r = await api.post("/internal/v1/events", data=body(depth), key=INTERNAL_TOKEN,
+                           headers={"Content-Type": "application/json"})
+        await expect.problem(f"an event whose body nests {depth} levels", r, 422, "validation_error")
+    expect.verify()
+    r = await api.post("/internal/v1/events", data=body(64), key=INTERNAL_TOKEN,
+                       headers={"Content-Type": "application/json"})
+    assert r.status == 202, (r.status, r.body)
+
+
 async def test_a_body_that_is_not_json_is_415(tenant: Tenant, db: asyncpg.Connection) -> None:
     expect = await Expect(db).start()
     body = b'{"name": "Acme", "email": "a@b.c", "password": "x", "url": "https://hooks.example.com/x"}'
