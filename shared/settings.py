@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(2, ge=0)
     db_pool_max_size: int = Field(10, ge=1)
 
+    # Limits on what a business can grow (docs/security.md).
+    max_endpoints_per_business: int = Field(1000, ge=1)
+    # Secrets that sign at once: the current one and those still in their grace period after a rotation (each
+    # adds a signature to every webhook). At least 2, so that a rotation with a grace period is possible.
+    max_live_secrets_per_endpoint: int = Field(3, ge=2, le=10)
+
     @field_validator("secret_key")
     @classmethod
     def _secret_key_is_32_bytes(cls, value: str) -> str:

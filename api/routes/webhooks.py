@@ -84,7 +84,7 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post(BASE, summary="Add an endpoint (returns its signing secret)", auth="key_or_session", scope=WRITE,
-             body=EndpointIn, response=EndpointCreatedOut, status=201)
+             body=EndpointIn, response=EndpointCreatedOut, status=201, errors=(409,))
 async def create_endpoint(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
     body = await parse_body(request, EndpointIn)
@@ -147,7 +147,7 @@ async def reveal_secret(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post(ONE + "/secret/rotate", summary="Rotate the signing secret; the old one signs on for the grace period",
-             auth="key_or_session", scope=WRITE, body=RotateIn, response=SecretOut)
+             auth="key_or_session", scope=WRITE, body=RotateIn, response=SecretOut, errors=(409,))
 async def rotate_secret(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
     endpoint_id = _endpoint_id(request)

@@ -39,6 +39,22 @@ async def create(
     return _endpoint(row)
 
 
+async def lock_business(db: Executor, business_id: uuid.UUID) -> bool:
+    """Serialise endpoint creation within one business until the transaction ends (so that a count made next
+    stays true until the insert commits); False if there is no such business. FOR NO KEY UPDATE does not
+    block the foreign-key checks of events and deliveries being stored meanwhile."""
+    return await db.fetchval("SELECT true FROM businesses WHERE id = $1 FOR NO KEY UPDATE", business_id) is True
+
+
+async def count_of_business(db: Executor, business_id: uuid.UUID) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM endpoints WHERE business_id = $1", business_id))
+
+
+async def lock(db: Executor, endpoint_id: uuid.UUID) -> bool:
+    """Serialise changes to the endpoint's secrets until the transaction ends; False if it is gone."""
+    return await db.fetchval("SELECT true FROM endpoints WHERE id = $1 FOR NO KEY UPDATE", endpoint_id) is True
+
+
 async def add_secret(db: Executor, endpoint_id: uuid.UUID, secret: Sealed) -> None:
     await db.execute(
         "INSERT INTO endpoint_secrets (endpoint_id, key_id, nonce, ciphertext) VALUES ($1, $2, $3, $4)",
@@ -168,6 +184,21 @@ async def current_secret(db: Executor, endpoint_id: uuid.UUID) -> Sealed | None:
         endpoint_id,
     )
     return Sealed(row["key_id"], row["nonce"], row["ciphertext"]) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningNow:
+    count: int  # secrets that sign now: the current one and those in their grace period
+    next_expiry: datetime | None  # when the first of those in their grace period stops signing
+
+
+async def signing_now(db: Executor, endpoint_id: uuid.UUID) -> SigningNow:
+    row = await db.fetchrow(
+        """SELECT count(*) AS n, min(expires_at) AS next_expiry FROM endpoint_secrets
+           WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())""",
+        endpoint_id,
+    )
+    return SigningNow(int(row["n"]), row["next_expiry"])
 
 
 async def rotate_secret(db: Executor, endpoint_id: uuid.UUID, new: Sealed, grace_s: int) -> None:
