@@ -36,6 +36,7 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
     limit: dict[str, Any] | None = Field(
         default=None, description='a limit that was reached: {"name", "max"} (docs/security.md)')
+    job_id: str | None = Field(default=None, description="a recover that is running already")
 
 
 # ---- businesses -------------------------------------------------------------
@@ -383,6 +384,8 @@ class RecoverOut(BaseModel):
     missed: int | None = None
     by_event_type: dict[str, int] | None = None
     by_last_status: dict[str, int] | None = None
+    max_count: int | None = Field(default=None, description="dry run: the most one run re-sends; narrow the "
+                                  "window if count is over it")
 
 
 class RecoverJobOut(BaseModel):

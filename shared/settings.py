@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     # Secrets that sign at once: the current one and those still in their grace period after a rotation (each
     # adds a signature to every webhook). At least 2, so that a rotation with a grace period is possible.
     max_live_secrets_per_endpoint: int = Field(3, ge=2, le=10)
+    # The most deliveries one recover run re-sends (its window is also at most KAIHOOKS_RETENTION_DAYS long).
+    max_recover_deliveries: int = Field(100_000, ge=1)
 
     @field_validator("secret_key")
     @classmethod
