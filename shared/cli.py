@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
-from shared import db, ids, oncall_cli, passwords
+from shared import db, ids, oncall_cli, passwords, secrets_cli
 from shared.db import connect
 from shared.errors import KaihooksError
 from shared.migrations import migrate
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ucreate.set_defaults(run=cmd_user_create)
 
     oncall_cli.register(sub)
+    secrets_cli.register(sub)
     return parser
 
 

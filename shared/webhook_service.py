@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from cryptography.exceptions import InvalidTag
 
 from shared import ids, metrics
 from shared.errors import Conflict, LimitReached, NotFound, ValidationFailed
@@ -58,8 +59,10 @@ async def create_endpoint(
         if await endpoint_repo.count_of_business(conn, business_id) >= limit:
             raise LimitReached(f"This business has {limit} webhook endpoints, the most it may have; delete one "
                                "before adding another.", name="endpoints_per_business", maximum=limit)
-        endpoint = await endpoint_repo.create(conn, business_id=business_id, url=url, description=description,
-                                              event_types=event_types, secret=box(settings).seal(secret))
+        endpoint_id = ids.new_uuid()
+        endpoint = await endpoint_repo.create(conn, endpoint_id=endpoint_id, business_id=business_id, url=url,
+                                              description=description, event_types=event_types,
+                                              secret=box(settings).seal(secret, endpoint_id))
         await audit.record(conn, action="endpoint.created", business_id=business_id, target_id=endpoint.public_id,
                            details={"url": url}, **actor)
     return CreatedEndpoint(endpoint, secret)
@@ -116,7 +119,15 @@ async def reveal_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.
     sealed = await endpoint_repo.current_secret(db, endpoint_id)
     if sealed is None:
         raise NotFound("No such endpoint.")
-    return box(settings).open(sealed)
+    try:
+        return box(settings).open(sealed, endpoint_id)
+    except (LookupError, InvalidTag):
+        log.error("cannot open an endpoint's signing secret: sealed under a master key missing from "
+                  "KAIHOOKS_OLD_SECRET_KEYS, or not sealed for this endpoint",
+                  extra={"endpoint_id": ids.encode("ep", endpoint_id), "key_id": sealed.key_id})
+        raise Conflict("This endpoint's signing secret cannot be read (it was sealed under a master key this "
+                       "service no longer has, or for another endpoint), and webhooks to it are held back. "
+                       "Rotate it with grace_seconds 0 to replace it.") from None
 
 
 async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID,
@@ -128,7 +139,7 @@ async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.
             raise NotFound("No such endpoint.")
         _check_room_for_a_secret(await endpoint_repo.signing_now(conn, endpoint_id), grace_s,
                                  settings.max_live_secrets_per_endpoint)
-        await endpoint_repo.rotate_secret(conn, endpoint_id, box(settings).seal(secret), grace_s)
+        await endpoint_repo.rotate_secret(conn, endpoint_id, box(settings).seal(secret, endpoint_id), grace_s)
         await audit.record(conn, action="endpoint.secret_rotated", business_id=business_id,
                            target_id=endpoint.public_id, details={"grace_seconds": grace_s}, **actor)
     return secret

@@ -138,7 +138,7 @@ async def send_test(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get(ONE + "/secret", summary="The current signing secret", auth="key_or_session", scope=WRITE,
-            response=SecretOut)
+            response=SecretOut, errors=(409,))
 async def reveal_secret(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
     secret = await service.reveal_secret(request.app[DB], request.app[SETTINGS], access.business_id,
