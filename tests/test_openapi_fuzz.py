@@ -50,7 +50,7 @@ from schemathesis.specs.openapi.checks import (
 
 from shared import ids
 from shared.apikeys import SCOPES
-from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, create_business
+from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, ago, create_business
 
 SESSION_COOKIE = "kaihooks_session"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
@@ -893,6 +893,15 @@ async def test_bad_webhook_requests_are_422_and_write_nothing(tenant: Tenant, db
         ("a recovery until after year 9999 in UTC", "POST", f"{one}/recover",
          {"since": "2026-01-01T00:00:00Z", "until": "9999-12-31T23:59:59-23:59"}),
         ("a recovery without since", "POST", f"{one}/recover", {"dry_run": True}),
+        # Limits on what a business can grow (docs/security.md).
+        ("10,000 copies of one event type", "POST", f"{tenant.path}/webhook-endpoints",
+         {"url": "https://hooks.example.com/x", "event_types": ["call.completed"] * 10_000}),
+        ("an event type listed twice", "POST", f"{tenant.path}/webhook-endpoints",
+         {"url": "https://hooks.example.com/x", "event_types": ["lead.created", "lead.created"]}),
+        ("9 event types, changed", "PATCH", one, {"event_types": ["lead.created"] * 9}),
+        ("a recovery window longer than retention", "POST", f"{one}/recover", {"since": ago(days=31)}),
+        ("a recovery window longer than retention, dry run", "POST", f"{one}/recover",
+         {"since": "2026-01-01T00:00:00Z", "until": "2026-03-01T00:00:00Z", "dry_run": True}),
     ]:
         if isinstance(body, bytes):  # what the test client's JSON encoder will not write
             r = await tenant.owner.request(method, path, data=body, headers={"Content-Type": "application/json"})
