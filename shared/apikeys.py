@@ -95,7 +95,9 @@ class KeyHasher:
         self._ways += [(k, LEGACY, key_id_of(k)) for k in (current, *older)]
 
     def hash(self, candidate: str) -> StoredHash:
-        return self.candidates(candidate)[0]
+        """The current way (one HMAC: this is on every request's path)."""
+        key, scheme, key_id = self._ways[0]
+        return StoredHash(keyed_hash(key, candidate), scheme, key_id)
 
     def candidates(self, candidate: str) -> list[StoredHash]:
         return [StoredHash(keyed_hash(key, candidate), scheme, key_id) for key, scheme, key_id in self._ways]
