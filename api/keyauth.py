@@ -26,6 +26,7 @@ from redis.commands.core import AsyncScript
 
 from api.ratelimit import GCRA_FUNCTION, interval_us
 from shared import apikeys, db, metrics, redis_client, redis_keys
+from shared.api_key_service import key_hasher
 from shared.errors import RateLimited, Unauthorized
 from shared.models import ApiKey
 from shared.repos import api_keys as key_repo
@@ -115,6 +116,7 @@ class KeyVerifier:
         self._used: dict[uuid.UUID, datetime] = {}
         self._local_touch: dict[uuid.UUID, float] = {}
         self._interval_us = interval_us(settings.rate_limit_per_s)
+        self._hasher = key_hasher(settings)
 
     async def verify(self, token: str) -> Verified:
         """The key, or Unauthorized / RateLimited."""
@@ -130,8 +132,8 @@ class KeyVerifier:
     async def _verify(self, token: str) -> Verified:
         if not apikeys.is_well_formed(token):
             raise Unauthorized()
-        key_hash = apikeys.keyed_hash(self._settings.secret_key_bytes, token)
-        key, from_cache = await self._lookup(key_hash)
+        key_hash = self._hasher.hash(token).value
+        key, from_cache = await self._lookup(token, key_hash)
         if key is None or (key.expires_at is not None and key.expires_at <= datetime.now(UTC)):
             raise Unauthorized()
         try:
@@ -171,17 +173,32 @@ class KeyVerifier:
             self._used[key.id] = datetime.now(UTC)
         return Verified(key, f"{epoch.decode()}:{version.decode() if isinstance(version, bytes) else version}")
 
-    async def _lookup(self, key_hash: bytes) -> tuple[ApiKey | None, bool]:
+    async def _lookup(self, token: str, key_hash: bytes) -> tuple[ApiKey | None, bool]:
+        """The key (cached under its current hash), and whether it came from the cache. A key stored the older
+        way (hashed with the master key itself, or under an older master key) is re-hashed the current way."""
         now = time.monotonic()
         hit = self._cache.get(key_hash)
         if hit is not None and now - hit[0] < self._settings.key_cache_ttl_s:
             return hit[1], True
-        key = await key_repo.by_hash(self._db, key_hash)
+        candidates = self._hasher.candidates(token)
+        found = await key_repo.by_hashes(self._db, candidates)
+        key = found[0] if found is not None else None
+        if found is not None and found[1] != key_hash:
+            await self._rehash(found[0], found[1], candidates[0])
         if key is not None:
             if len(self._cache) > 50_000:
                 self._cache.clear()
             self._cache[key_hash] = (now, key)
         return key, False
+
+    async def _rehash(self, key: ApiKey, old: bytes, new: apikeys.StoredHash) -> None:
+        """Best effort: the key verified either way, and is re-hashed at a later use if this fails."""
+        try:
+            if await key_repo.rehash(self._db, key.id, old, new):
+                log.info("API key re-hashed under the current master key", extra={"key_id": key.public_id})
+        except db.ERRORS:
+            log.warning("could not re-hash an API key; will retry at its next use", exc_info=True,
+                        extra={"key_id": key.public_id})
 
     def _touch_locally(self, key_id: uuid.UUID) -> None:
         now = time.monotonic()

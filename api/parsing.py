@@ -64,15 +64,41 @@ async def read_json(request: web.Request) -> Any:
     raw = await _read_capped(request, limit)
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object.")
+    depth_limit = request.app[SETTINGS].max_json_depth
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(raw)  # orjson parses without recursing in Python and stops past 1024 levels
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit"):
+            raise too_deep(depth_limit) from None
         raise BadRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
+    # Before anything walks the value recursively (the NUL scan below, pydantic, orjson.dumps of an event's
+    # data, which gives up past 255 levels).
+    if (raw.count(b"[") + raw.count(b"{") > depth_limit) and nested_deeper_than(data, depth_limit):
+        raise too_deep(depth_limit)
     if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):  # the substring test is fast; the regex rarely runs
         raise ValidationFailed([{"loc": loc, "msg": "may not contain the NUL character (\\u0000)"}
                                 for loc in _nul_locations(data, ["body"])][:20] or
                                [{"loc": ["body"], "msg": "may not contain the NUL character (\\u0000)"}])
     return data
+
+
+def too_deep(limit: int) -> ValidationFailed:
+    return ValidationFailed.at(["body"], f"JSON may be nested at most {limit} levels deep")
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels (the top level is 1), without recursion."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _nul_locations(value: Any, loc: list[Any]) -> Iterator[list[Any]]:

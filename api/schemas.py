@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, StrictBool, field_validator
+from pydantic_core import PydanticCustomError
 
 from shared import ids
 from shared.apikeys import SCOPES
-from shared.events import CallStatus, EventBatchIn, EventIn, EventType
+from shared.events import PUBLISHABLE_TYPES, CallStatus, EventBatchIn, EventIn, EventType
 from shared.models import ApiKey, Business, Endpoint, Membership, Role, User
 from shared.repos.health import Health
 from shared.repos.notices import Notice
@@ -33,6 +34,9 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[dict[str, Any]] | None = None
+    limit: dict[str, Any] | None = Field(
+        default=None, description='a limit that was reached: {"name", "max"} (docs/security.md)')
+    job_id: str | None = Field(default=None, description="a recover that is running already")
 
 
 # ---- businesses -------------------------------------------------------------
@@ -222,17 +226,34 @@ class CallsQuery(ListQuery):
 
 # ---- webhooks ---------------------------------------------------------------
 
+def _each_once(types: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for name in types:
+        if name in seen:
+            raise PydanticCustomError("repeated_event_type", "{type} is listed twice", {"type": name})
+        seen.add(name)
+    return types
+
+
+# Known types only, each at most once: never more than the catalogue holds.
+EventTypes = Annotated[
+    list[EventType],
+    Field(min_length=1, max_length=len(PUBLISHABLE_TYPES), json_schema_extra={"uniqueItems": True}),
+    AfterValidator(_each_once),
+]
+
+
 class EndpointIn(Body):
     url: str = Field(min_length=1, max_length=2048, description="https:// to a public address")
     description: str = Field(default="", max_length=500)
-    event_types: list[EventType] | None = Field(
-        default=None, min_length=1, description="null or absent: every type")
+    event_types: EventTypes | None = Field(
+        default=None, description=f"null or absent: every type; else 1 to {len(PUBLISHABLE_TYPES)} distinct types")
 
 
 class EndpointPatch(Body):
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     description: str | None = Field(default=None, max_length=500)
-    event_types: list[EventType] | None = Field(default=None, min_length=1)
+    event_types: EventTypes | None = None
     enabled: StrictBool | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -363,6 +384,8 @@ class RecoverOut(BaseModel):
     missed: int | None = None
     by_event_type: dict[str, int] | None = None
     by_last_status: dict[str, int] | None = None
+    max_count: int | None = Field(default=None, description="dry run: the most one run re-sends; narrow the "
+                                  "window if count is over it")
 
 
 class RecoverJobOut(BaseModel):

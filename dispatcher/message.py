@@ -43,12 +43,14 @@ class SecretKeys:
 
     def __init__(self, box: SecretBox) -> None:
         self._box = box
-        self._opened: dict[bytes, bytes] = {}
+        self._opened: dict[tuple[uuid.UUID, bytes], bytes] = {}
 
-    def open(self, sealed: Sealed) -> bytes:
-        key = self._opened.get(sealed.nonce)
+    def open(self, sealed: Sealed, endpoint_id: uuid.UUID) -> bytes:
+        """The HMAC key of ``endpoint_id``'s secret (a secret sealed for another endpoint does not open)."""
+        cached = (endpoint_id, sealed.nonce)
+        key = self._opened.get(cached)
         if key is None:
             if len(self._opened) >= _MAX_OPENED:
                 self._opened.clear()
-            key = self._opened[sealed.nonce] = secret_bytes(self._box.open(sealed))
+            key = self._opened[cached] = secret_bytes(self._box.open(sealed, endpoint_id))
         return key

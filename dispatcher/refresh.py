@@ -25,7 +25,7 @@ def set_secrets(lane: Lane[J], keys: SecretKeys, sealed: list[endpoint_repo.Live
     """Open the endpoint's live secrets into the lane; none if one cannot be opened (the lane then hands its
     deliveries back for later rather than send them unsigned)."""
     try:
-        lane.secrets = [(keys.open(s.sealed), s.expires_at) for s in sealed]
+        lane.secrets = [(keys.open(s.sealed, lane.endpoint_id), s.expires_at) for s in sealed]
     except (LookupError, InvalidTag, ValueError):
         log.error("cannot open the endpoint's signing secret; check KAIHOOKS_OLD_SECRET_KEYS",
                   extra={"endpoint_id": ids.encode("ep", lane.endpoint_id)})

@@ -6,8 +6,7 @@ import secrets
 from typing import Any
 
 from shared import ids, passwords
-from shared.api_key_service import create_key
-from shared.apikeys import keyed_hash
+from shared.api_key_service import create_key, key_hasher
 from shared.db import create_pool
 from shared.repos import api_keys, businesses, users
 from shared.settings import Settings
@@ -32,7 +31,7 @@ async def seed(env: dict[str, str], known: dict[str, Any] | None) -> dict[str, s
                 conn, DEMO_EMAIL, await passwords.hash_password_async(password), [business.id], "owner"
             )
         api_key = known.get("api_key") if known else None
-        if api_key is None or await api_keys.by_hash(db, keyed_hash(settings.secret_key_bytes, api_key)) is None:
+        if api_key is None or await api_keys.by_hashes(db, key_hasher(settings).candidates(api_key)) is None:
             created = await create_key(
                 db, settings, business_id=business.id, name="Demo key", scopes=None, expires_at=None,
                 actor_user_id=None, ip=None,

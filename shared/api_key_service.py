@@ -18,6 +18,10 @@ from shared.repos import audit
 from shared.settings import Settings
 
 
+def key_hasher(settings: Settings) -> apikeys.KeyHasher:
+    return apikeys.KeyHasher(settings.secret_key_bytes, settings.old_secret_keys_bytes)
+
+
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
     key: ApiKey
@@ -42,7 +46,7 @@ async def create_key(
             conn,
             business_id=business_id,
             name=name,
-            key_hash=apikeys.keyed_hash(settings.secret_key_bytes, new.secret),
+            key_hash=key_hasher(settings).hash(new.secret),
             display_prefix=new.display_prefix,
             last4=new.last4,
             scopes=scopes if scopes is not None else apikeys.DEFAULT_SCOPES,

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
-from shared import account_cli, account_service, db, ids, oncall_cli
+from shared import account_cli, account_service, db, ids, oncall_cli, secrets_cli
 from shared.db import connect
 from shared.errors import KaihooksError
 from shared.migrations import migrate
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     account_cli.register(sub, user)
     oncall_cli.register(sub)
+    secrets_cli.register(sub)
     return parser
 
 

@@ -90,3 +90,15 @@ class RateLimited(KaihooksError):
 
 class ServiceUnavailable(KaihooksError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+class LimitReached(Conflict):
+    """A growable thing is at its documented limit (docs/security.md): the answer names it and its value."""
+
+    def __init__(self, detail: str, *, name: str, maximum: int) -> None:
+        super().__init__(detail)
+        self.name = name
+        self.maximum = maximum
+
+    def extra(self) -> dict[str, Any]:
+        return {"limit": {"name": self.name, "max": self.maximum}}

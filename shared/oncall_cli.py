@@ -208,19 +208,23 @@ async def endpoints_recover(db: asyncpg.Pool, settings: Settings, args: argparse
     endpoint_id = _id("ep", args.id, "an endpoint id")
     since, until = parse_time(args.since), parse_time(args.until) if args.until else None
     if args.dry_run:
-        plan = await recovery.plan(db, endpoint_id, since=since, until=until, include_missed=args.include_missed)
+        plan = await recovery.plan(db, settings, endpoint_id, since=since, until=until,
+                                   include_missed=args.include_missed)
         if args.json:
             print_json(dataclasses.asdict(plan))
             return
         print(f"would send {plan.count} delivery(ies) ({plan.failed} failed"
               + (f", {plan.missed} never sent" if args.include_missed else "") + "); nothing was changed")
+        if plan.count > plan.max_count:
+            print(f"that is over the {plan.max_count} one run re-sends (KAIHOOKS_MAX_RECOVER_DELIVERIES): "
+                  "narrow the window")
         if plan.count:
             print(table(["event type", "count"], sorted(plan.by_event_type.items())))
             print(table(["last response", "count"], sorted(plan.by_last_status.items())))
         return
-    job = await recovery.start(db, endpoint_id, since=since, until=until, include_missed=args.include_missed,
-                               rate_per_s=args.rate, actor=cli_actor(), audit_actor={},
-                               deadline_s=settings.replay_deadline_s)
+    job = await recovery.start(db, settings, endpoint_id, since=since, until=until,
+                               include_missed=args.include_missed, rate_per_s=args.rate, actor=cli_actor(),
+                               audit_actor={})
     job_text = ids.encode("rcv", job.id)
     print(f"recover {job_text}: {job.total} delivery(ies) at most {args.rate:g}/s "
           f"(cancel: Ctrl-C, or POST /v1/businesses/…/recover-jobs/{job_text}/cancel)")

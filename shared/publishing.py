@@ -4,6 +4,7 @@ projections and the deliveries to every matching endpoint (the workers are notif
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,12 +17,16 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import ids, redis_client, redis_keys
-from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.errors import PayloadTooLarge, ServiceUnavailable, ValidationFailed
 from shared.events import DATA_MODELS, MAX_DATA_BYTES, CallData, EventIn, Kind, is_deletion, projection_of
 from shared.repos import businesses as business_repo
 from shared.repos import events as event_repo
 from shared.repos import ingest
 from shared.repos.ingest import Change
+
+log = logging.getLogger("kaihooks.publishing")
+
+STORE_TRIES = 4  # the accepting statement, run again after a race with a deletion (each try is one round trip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +48,11 @@ def _prepare(events: Sequence[EventIn], locs: Sequence[list[str | int]]) -> list
     prepared: list[_Prepared] = []
     now = datetime.now(UTC)
     for event, loc in zip(events, locs, strict=True):
-        data_json = orjson.dumps(event.data)
+        try:
+            data_json = orjson.dumps(event.data)
+        except orjson.JSONEncodeError:  # nested past orjson's 255 levels (the API refuses past 64 before this)
+            errors.append({"loc": [*loc, "data"], "msg": "data is nested too deeply"})
+            continue
         if len(data_json) > MAX_DATA_BYTES:
             raise PayloadTooLarge(f"{_where(loc)}data is over {MAX_DATA_BYTES // 1024} KiB.")
         try:
@@ -104,6 +113,29 @@ async def bump_data_versions(redis: Redis, business_ids: set[uuid.UUID]) -> None
         redis_client.note_failure("data_version", exc)
 
 
+async def _store(db: asyncpg.Pool, unique: Sequence[_Prepared], prepared: Sequence[_Prepared],
+                 locs: Sequence[list[str | int]], deadline_s: float) -> set[uuid.UUID]:
+    """Run the accepting statement. A foreign-key violation is an unknown business (422), or else a race with a
+    deletion on our side: an endpoint deleted while the fan-out wrote a delivery for it. Nothing was stored, so
+    the statement runs again (it no longer sees that endpoint); if deletions keep winning, 503 with Retry-After,
+    never a 4xx for a valid batch."""
+    changes = _changes(unique)
+    for attempt in range(1, STORE_TRIES + 1):
+        try:
+            return await ingest.accept(db, [p.event for p in unique], changes["agents"], changes["calls"],
+                                       changes["leads"], deadline_s)
+        except asyncpg.ForeignKeyViolationError as exc:
+            known = set(await business_repo.existing(db, list({p.event.business_id for p in prepared})))
+            unknown = [{"loc": [*loc, "business_id"], "msg": "unknown business"}
+                       for p, loc in zip(prepared, locs, strict=True) if p.event.business_id not in known]
+            if unknown:
+                raise ValidationFailed(unknown) from None
+            log.info("a deletion raced the accepting statement; running it again",
+                     extra={"constraint": exc.constraint_name, "attempt": attempt})
+    raise ServiceUnavailable("Endpoints were being deleted while the events were stored; nothing was stored. "
+                             "Send the same request again.", headers={"Retry-After": "1"})
+
+
 async def publish(
     db: asyncpg.Pool, redis: Redis, events: Sequence[EventIn], locs: Sequence[list[str | int]], deadline_s: float
 ) -> list[Accepted]:
@@ -121,15 +153,7 @@ async def publish(
             first_of[(e.business_id, e.idempotency_key)] = e.id
         unique.append(p)
 
-    changes = _changes(unique)
-    try:
-        inserted = await ingest.accept(db, [p.event for p in unique], changes["agents"], changes["calls"],
-                                       changes["leads"], deadline_s)
-    except asyncpg.ForeignKeyViolationError:
-        known = set(await business_repo.existing(db, list({p.event.business_id for p in prepared})))
-        raise ValidationFailed([{"loc": [*loc, "business_id"], "msg": "unknown business"}
-                                for p, loc in zip(prepared, locs, strict=True)
-                                if p.event.business_id not in known]) from None
+    inserted = await _store(db, unique, prepared, locs, deadline_s)
     earlier: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
     if len(inserted) < len(unique):
         conflicted = [(p.event.business_id, p.event.idempotency_key) for p in unique

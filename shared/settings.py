@@ -95,9 +95,20 @@ class Settings(BaseSettings):
     # Request bodies.
     max_body_bytes_v1: int = 1024 * 1024
     max_body_bytes_internal: int = 8 * 1024 * 1024
+    # JSON nested deeper than this is refused (422) on every route. At most 200: orjson parses 1024 levels
+    # and writes 255, and an event's data is written again when it is stored.
+    max_json_depth: int = Field(64, ge=2, le=200)
 
     db_pool_min_size: int = Field(2, ge=0)
     db_pool_max_size: int = Field(10, ge=1)
+
+    # Limits on what a business can grow (docs/security.md).
+    max_endpoints_per_business: int = Field(1000, ge=1)
+    # Secrets that sign at once: the current one and those still in their grace period after a rotation (each
+    # adds a signature to every webhook). At least 2, so that a rotation with a grace period is possible.
+    max_live_secrets_per_endpoint: int = Field(3, ge=2, le=10)
+    # The most deliveries one recover run re-sends (its window is also at most KAIHOOKS_RETENTION_DAYS long).
+    max_recover_deliveries: int = Field(100_000, ge=1)
 
     @field_validator("secret_key")
     @classmethod

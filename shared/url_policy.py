@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import unicodedata
 import urllib.parse
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -84,6 +85,25 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     return ipaddress.IPv4Address(packed)
 
 
+# Full stops that host parsing (WHATWG, UTS #46) reads as "." besides NFKC's own mapping: ideographic,
+# full-width and half-width ideographic.
+_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def host_as_resolved(host: str) -> str:
+    """The host as a URL parser hands it to the resolver, for checking: percent-decoded, then mapped as UTS #46
+    (IDNA) does: ideographic and full-width full stops to ".", compatibility forms to ASCII by NFKC (full-width
+    and circled digits and letters), lower-cased, invisible format characters (soft hyphen, zero-width space)
+    dropped; a full-width "127" with ideographic stops is 127.0.0.1. Python's ``idna`` codec implements the
+    older IDNA 2003: this mapping is the part both agree on, and all a check for addresses and local names
+    needs. The URL is stored as given (the delivery client maps it the same way when it connects)."""
+    host = urllib.parse.unquote(host)
+    if host.isascii():
+        return host.lower()
+    host = unicodedata.normalize("NFKC", host.translate(_DOTS)).translate(_DOTS)
+    return "".join(c for c in host if unicodedata.category(c) != "Cf").lower()
+
+
 def check_url(url: str, allow_private: bool) -> str:
     """The URL normalised, or UrlRefused with a reason a person can act on."""
     if len(url) > _MAX_URL_LENGTH:
@@ -103,13 +123,16 @@ def check_url(url: str, allow_private: bool) -> str:
         raise UrlRefused("the URL must not contain a #fragment")
     if port == 0:
         raise UrlRefused("port 0 is not a valid port")
-    host = parts.hostname.rstrip(".")  # "localhost." is localhost
+    host = host_as_resolved(parts.hostname).rstrip(".")  # "localhost." is localhost
+    named = parts.hostname
+    if host != named.rstrip(".").lower():
+        named = f"{named} (read as {host})"
     if not allow_private:
         ip = parse_ip_literal(host)
         if ip is not None:
             why = address_problem(ip)
             if why:
-                raise UrlRefused(f"{host} is {why}; webhooks go to public addresses only")
+                raise UrlRefused(f"{named} is {why}; webhooks go to public addresses only")
         elif host == "localhost" or host.endswith((".localhost", ".local", ".internal")) or "." not in host:
-            raise UrlRefused(f"{parts.hostname} is not a public host name")
+            raise UrlRefused(f"{named} is not a public host name")
     return urllib.parse.urlunsplit(parts)

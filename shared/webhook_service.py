@@ -10,9 +10,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+from cryptography.exceptions import InvalidTag
 
 from shared import ids, metrics
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, LimitReached, NotFound, ValidationFailed
 from shared.models import Endpoint
 from shared.repos import Executor, audit
 from shared.repos import deliveries as delivery_repo
@@ -52,8 +53,16 @@ async def create_endpoint(
     url = _checked_url(settings, url)
     secret = new_signing_secret()
     async with db.acquire() as conn, conn.transaction():
-        endpoint = await endpoint_repo.create(conn, business_id=business_id, url=url, description=description,
-                                              event_types=event_types, secret=box(settings).seal(secret))
+        if not await endpoint_repo.lock_business(conn, business_id):
+            raise NotFound("No such business.")
+        limit = settings.max_endpoints_per_business
+        if await endpoint_repo.count_of_business(conn, business_id) >= limit:
+            raise LimitReached(f"This business has {limit} webhook endpoints, the most it may have; delete one "
+                               "before adding another.", name="endpoints_per_business", maximum=limit)
+        endpoint_id = ids.new_uuid()
+        endpoint = await endpoint_repo.create(conn, endpoint_id=endpoint_id, business_id=business_id, url=url,
+                                              description=description, event_types=event_types,
+                                              secret=box(settings).seal(secret, endpoint_id))
         await audit.record(conn, action="endpoint.created", business_id=business_id, target_id=endpoint.public_id,
                            details={"url": url}, **actor)
     return CreatedEndpoint(endpoint, secret)
@@ -110,7 +119,15 @@ async def reveal_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.
     sealed = await endpoint_repo.current_secret(db, endpoint_id)
     if sealed is None:
         raise NotFound("No such endpoint.")
-    return box(settings).open(sealed)
+    try:
+        return box(settings).open(sealed, endpoint_id)
+    except (LookupError, InvalidTag):
+        log.error("cannot open an endpoint's signing secret: sealed under a master key missing from "
+                  "KAIHOOKS_OLD_SECRET_KEYS, or not sealed for this endpoint",
+                  extra={"endpoint_id": ids.encode("ep", endpoint_id), "key_id": sealed.key_id})
+        raise Conflict("This endpoint's signing secret cannot be read (it was sealed under a master key this "
+                       "service no longer has, or for another endpoint), and webhooks to it are held back. "
+                       "Rotate it with grace_seconds 0 to replace it.") from None
 
 
 async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID,
@@ -118,13 +135,28 @@ async def rotate_secret(db: asyncpg.Pool, settings: Settings, business_id: uuid.
     secret = new_signing_secret()
     async with db.acquire() as conn, conn.transaction():
         endpoint = await endpoint_repo.get(conn, business_id, endpoint_id)
-        if endpoint is None:
+        if endpoint is None or not await endpoint_repo.lock(conn, endpoint_id):
             raise NotFound("No such endpoint.")
-        await conn.execute("SELECT 1 FROM endpoints WHERE id = $1 FOR UPDATE", endpoint_id)
-        await endpoint_repo.rotate_secret(conn, endpoint_id, box(settings).seal(secret), grace_s)
+        _check_room_for_a_secret(await endpoint_repo.signing_now(conn, endpoint_id), grace_s,
+                                 settings.max_live_secrets_per_endpoint)
+        await endpoint_repo.rotate_secret(conn, endpoint_id, box(settings).seal(secret, endpoint_id), grace_s)
         await audit.record(conn, action="endpoint.secret_rotated", business_id=business_id,
                            target_id=endpoint.public_id, details={"grace_seconds": grace_s}, **actor)
     return secret
+
+
+def _check_room_for_a_secret(now: endpoint_repo.SigningNow, grace_s: int, limit: int) -> None:
+    """Each live secret adds a signature to every webhook: a rotation that would leave more than ``limit``
+    signing is refused (409) rather than cutting short a grace period a receiver may still rely on."""
+    after = now.count + 1 if grace_s > 0 else now.count  # with no grace the current one stops signing at once
+    if after <= limit:
+        return
+    until = f" at {now.next_expiry:%Y-%m-%dT%H:%M:%SZ}" if now.next_expiry is not None else ""
+    raise LimitReached(
+        f"{now.count} signing secrets sign this endpoint's webhooks now (the current one and those still in "
+        f"their grace period), and at most {limit} may. Rotate with grace_seconds 0 to retire the current secret "
+        f"at once, or wait until the oldest one stops signing{until}.",
+        name="live_secrets_per_endpoint", maximum=limit)
 
 
 async def send_test(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:

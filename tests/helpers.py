@@ -9,6 +9,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -168,6 +169,11 @@ async def make_tenant(base_url: str, database_url: str, role: str = "owner") -> 
         tenant = Tenant(base_url, database_url, business_id, owner, email, password)
         async with tenant._stack:
             yield tenant
+
+
+def ago(**delta: float) -> str:
+    """An RFC 3339 time this long before now: ``ago(hours=1)``."""
+    return (datetime.now(UTC) - timedelta(**delta)).isoformat()
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str,

@@ -15,7 +15,7 @@ import pytest
 
 from shared import ids
 from shared.settings import Settings
-from tests.helpers import Api, Tenant
+from tests.helpers import Api, Tenant, ago
 from tests.receiver import running_receiver
 from tests.test_publishing import call, event, publish
 from tests.worker import running_worker
@@ -238,7 +238,7 @@ async def test_recover_dry_run_counts_and_sends_nothing(world: World, db: asyncp
     await world.settled(ep["id"], 2)
     before = len(world.receiver.received)
     base = f"{world.tenant.path}/webhook-endpoints/{ep['id']}"
-    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": "2020-01-01T00:00:00Z", "dry_run": True})
+    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": ago(hours=1), "dry_run": True})
     assert r.status == 200
     assert r.body["count"] == 2 and r.body["by_event_type"] == {"call.started": 1, "agent.created": 1}
     assert r.body["by_last_status"] == {"500": 2}
@@ -258,7 +258,7 @@ async def test_recover_is_paced_tracked_and_resends_only_what_still_failed(world
     assert (await world.api.post(f"{world.tenant.path}/deliveries/{done[0]['id']}/retry", key=world.key)).status == 202
     await world.delivery_settled(done[0]["id"])
     await world.receiver.wait_for(1, "/ok")
-    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": "2020-01-01T00:00:00Z", "rate": 4})
+    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": ago(hours=1), "rate": 4})
     assert r.status == 202 and r.body["count"] == 5
     job = r.body["job_id"]
     got = await world.receiver.wait_for(6, "/ok", timeout_s=15)
@@ -284,7 +284,7 @@ async def test_recover_can_be_cancelled(world: World) -> None:
     await world.settled(ep["id"], 8)
     base = f"{world.tenant.path}/webhook-endpoints/{ep['id']}"
     assert (await world.api.patch(base, key=world.key, json={"url": world.receiver.url("/ok")})).status == 200
-    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": "2020-01-01T00:00:00Z", "rate": 2})
+    r = await world.api.post(f"{base}/recover", key=world.key, json={"since": ago(hours=1), "rate": 2})
     job = r.body["job_id"]
     await world.receiver.wait_for(1, "/ok")
     c = await world.api.post(f"{world.tenant.path}/recover-jobs/{job}/cancel", key=world.key)

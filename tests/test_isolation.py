@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 
 from shared.apikeys import SCOPES
-from tests.helpers import Api, Tenant, make_tenant
+from tests.helpers import Api, Tenant, ago, make_tenant
 from tests.test_publishing import call, event, publish
 
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -30,7 +30,7 @@ async def _seed(api: Api, tenant: Tenant, suffix: str) -> dict[str, str]:
     test = await api.post(f"{tenant.path}/webhook-endpoints/{ep.body['id']}/test", key=key["key"])
     assert test.status == 202, test.body
     job = await api.post(f"{tenant.path}/webhook-endpoints/{ep.body['id']}/recover", key=key["key"],
-                         json={"since": "2020-01-01T00:00:00Z"})
+                         json={"since": ago(hours=1)})
     assert job.status == 202, job.body
     return {"agents": f"agt_{suffix}", "calls": f"call_{suffix}", "leads": f"lead_{suffix}",
             "events": r.body["events"][0]["id"], "api-keys": key["id"], "webhook-endpoints": ep.body["id"],

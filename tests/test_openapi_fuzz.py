@@ -7,8 +7,10 @@ with valid credentials, the tenant's real business id and ids of things that exi
 so that they get past authentication into the handlers' own validation. Every
 response must be below 500, every 4xx a problem+json with the contract's keys, and
 every response must match the document (status code, media type, headers, body
-schema); data the document calls invalid must be refused. Afterwards the database
-must hold exactly the writes the API acknowledged.
+schema); data the document calls invalid must be refused (the limits it states
+included: event_types' maxItems and uniqueItems, for one). Every operation that
+takes a body also gets bodies nested past the 64-level limit, which must be a 422.
+Afterwards the database must hold exactly the writes the API acknowledged.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from schemathesis.specs.openapi.checks import (
 
 from shared import ids
 from shared.apikeys import SCOPES
-from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, create_business
+from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, ago, create_business
 
 SESSION_COOKIE = "kaihooks_session"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
@@ -305,6 +307,39 @@ class Fuzzer:
         run()
 
 
+    def deep(self, operation: schemathesis.APIOperation) -> None:
+        """Bodies nested past the 64-level limit, authenticated and aimed at the tenant's own things: a
+        documented 422 every time (it was a 500 from a RecursionError), checked against the document too."""
+        schemes = _security(operation)
+        for depth in (65, 300):
+            nested: Any = "x"
+            for _ in range(depth - 1):
+                nested = [nested]
+            case = operation.Case(body={"nested": nested}, media_type="application/json")
+            _authenticate(case, schemes, self.creds, "key" if depth % 2 else "session")
+            for name in (p.name for p in operation.path_parameters):
+                known = self.creds.known_ids.get(_collection(operation.path, name), ())
+                case.path_parameters[name] = self.creds.business_id if name == "business_id" else \
+                    (known[0] if known else "x")
+            response = case.call(base_url=self.creds.base_url, session=self.http, timeout=15)
+            self.report.statuses.setdefault(operation.label, Counter())[response.status_code] += 1
+            _check_problem(self.report, operation.label, case, response, f"nested {depth} levels")
+            if response.status_code == 422:
+                detail = json.loads(response.content).get("detail", "")
+                if "64" not in detail:  # refused for something else: the nesting was not what stopped it
+                    self.report.fail(operation.label, f"a body nested {depth} levels: the 422 names no limit",
+                                     _describe(case, response))
+            elif response.status_code not in (401, 403, 404):
+                self.report.fail(operation.label, f"a body nested {depth} levels answered {response.status_code}",
+                                 _describe(case, response))
+            if response.status_code < 500:
+                try:
+                    case.validate_response(response, checks=_DOCUMENT_CHECKS)
+                except FailureGroup as group:
+                    for failure in group.exceptions:
+                        self.report.fail(operation.label, failure.title, f"nested {depth} levels\n{failure.message}")
+
+
 def _cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
 
@@ -384,6 +419,8 @@ def fuzz(creds: Credentials) -> FuzzReport:
                 modes.append(schemathesis.GenerationMode.NEGATIVE)  # there is something to make invalid
             steps = [("coverage", partial(fuzzer.coverage, schema, operation))]
             steps += [(mode.value, partial(fuzzer.fuzz, operation, mode)) for mode in modes]
+            if len(operation.body):
+                steps.append(("deep nesting", partial(fuzzer.deep, operation)))
             for name, step in steps:
                 try:
                     step()
@@ -597,6 +634,62 @@ async def test_json_that_is_not_an_object_is_422(tenant: Tenant, db: asyncpg.Con
     expect.verify()
 
 
+def _nested(depth: int, inner: bytes = b"1", opener: bytes = b"[", closer: bytes = b"]") -> bytes:
+    return opener * depth + inner + closer * depth
+
+
+def _deep_bodies() -> list[tuple[str, bytes]]:
+    """JSON nested past the 64-level limit, in the shapes that used to reach a RecursionError (a 500)."""
+    return [
+        ("65 nested arrays", _nested(65)),
+        ("65 nested objects", _nested(65, b"1", b'{"a":', b"}")),
+        ("an object holding 70 nested arrays", b'{"name": ' + _nested(70) + b"}"),
+        ("10,000 [", b"[" * 10_000),
+        ("10,000 [ closed", _nested(10_000)),
+        ("1,000 nested arrays around a \\u0000", _nested(1000, b'"\\u0000"')),
+        ("an object with 1,000 nested arrays around a \\u0000", b'{"name": ' + _nested(1000, b'"\\u0000"') + b"}"),
+    ]
+
+
+async def test_json_nested_past_64_levels_is_422_on_every_route(tenant: Tenant, db: asyncpg.Connection) -> None:
+    """Sign-in included, without signing in: a clear 422 naming the limit, never a 500, nothing written."""
+    endpoint = (await tenant.owner.post(f"{tenant.path}/webhook-endpoints",
+                                        json={"url": "https://hooks.example.com/deep"})).body["id"]
+    one = f"{tenant.path}/webhook-endpoints/{endpoint}"
+    expect = await Expect(db).start()
+    targets = [*[("POST", path, headers) for path, headers in _json_targets(tenant)],
+               ("PATCH", one, {}), ("POST", f"{one}/secret/rotate", {}), ("POST", f"{one}/recover", {})]
+    async with Api(tenant.base_url) as anonymous:
+        for what, raw in _deep_bodies():
+            for method, path, headers in targets:
+                client = anonymous if path == "/v1/auth/login" else tenant.owner
+                r = await client.request(method, path, data=raw,
+                                         headers={**headers, "Content-Type": "application/json"})
+                problem = await expect.problem(f"{method} {path} with {what}", r, 422, "validation_error")
+                if r.status == 422 and "64" not in problem.get("detail", ""):
+                    expect.wrong.append(f"{method} {path} with {what}: the detail does not name the limit: {problem}")
+    expect.verify()
+
+
+async def test_event_data_nested_deep_is_422_and_64_levels_are_accepted(api: Api, db: asyncpg.Connection) -> None:
+    business_id = await create_business(api.base_url)
+
+    def body(depth: int) -> bytes:
+        # The body is level 1 and data level 2: ``depth`` levels in all.
+        return (b'{"business_id": "' + business_id.encode() + b'", "type": "agent.created", "data": '
+                b'{"id": "agent-deep", "name": "Deep", "x": ' + _nested(depth - 2) + b"}}")
+
+    expect = await Expect(db).start()
+    for depth in (65, 400, 1000):
+        r = await api.post("/internal/v1/events", data=body(depth), key=INTERNAL_TOKEN,
+                           headers={"Content-Type": "application/json"})
+        await expect.problem(f"an event whose body nests {depth} levels", r, 422, "validation_error")
+    expect.verify()
+    r = await api.post("/internal/v1/events", data=body(64), key=INTERNAL_TOKEN,
+                       headers={"Content-Type": "application/json"})
+    assert r.status == 202, (r.status, r.body)
+
+
 async def test_a_body_that_is_not_json_is_415(tenant: Tenant, db: asyncpg.Connection) -> None:
     expect = await Expect(db).start()
     body = b'{"name": "Acme", "email": "a@b.c", "password": "x", "url": "https://hooks.example.com/x"}'
@@ -800,6 +893,15 @@ async def test_bad_webhook_requests_are_422_and_write_nothing(tenant: Tenant, db
         ("a recovery until after year 9999 in UTC", "POST", f"{one}/recover",
          {"since": "2026-01-01T00:00:00Z", "until": "9999-12-31T23:59:59-23:59"}),
         ("a recovery without since", "POST", f"{one}/recover", {"dry_run": True}),
+        # Limits on what a business can grow (docs/security.md).
+        ("10,000 copies of one event type", "POST", f"{tenant.path}/webhook-endpoints",
+         {"url": "https://hooks.example.com/x", "event_types": ["call.completed"] * 10_000}),
+        ("an event type listed twice", "POST", f"{tenant.path}/webhook-endpoints",
+         {"url": "https://hooks.example.com/x", "event_types": ["lead.created", "lead.created"]}),
+        ("9 event types, changed", "PATCH", one, {"event_types": ["lead.created"] * 9}),
+        ("a recovery window longer than retention", "POST", f"{one}/recover", {"since": ago(days=31)}),
+        ("a recovery window longer than retention, dry run", "POST", f"{one}/recover",
+         {"since": "2026-01-01T00:00:00Z", "until": "2026-03-01T00:00:00Z", "dry_run": True}),
     ]:
         if isinstance(body, bytes):  # what the test client's JSON encoder will not write
             r = await tenant.owner.request(method, path, data=body, headers={"Content-Type": "application/json"})

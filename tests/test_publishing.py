@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -205,7 +206,9 @@ async def test_accepting_creates_the_deliveries_and_notifies_the_workers(tenant:
 
     listener = await asyncpg.connect(database_url)
     heard: list[str] = []
-    await listener.add_listener(DUE_CHANNEL, lambda _c, _pid, channel, _payload: heard.append(channel))
+    # Only "deliveries are due" (an empty payload): the endpoint changes made above are notified on the same
+    # channel, and one of them may be read only after heard.clear() below.
+    await listener.add_listener(DUE_CHANNEL, lambda _c, _pid, channel, payload: payload or heard.append(channel))
     try:
         r = await publish(api, {"events": [event(tenant.business_id, data=call(f"n{i}")) for i in range(2)]})
         assert r.status == 202
@@ -248,3 +251,59 @@ async def test_malformed_bodies(api: Api, db: asyncpg.Connection, raw: bytes, st
     assert r.status == status
     assert r.problem["code"] == code
     assert await count(db) == before
+
+
+async def test_a_publish_racing_an_endpoint_delete_is_accepted(tenant: Tenant, api: Api, database_url: str,
+                                                               db: asyncpg.Connection) -> None:
+    """The endpoint is deleted while the publish's fan-out holds a delivery row for it: the publisher still gets
+    202 (the statement is run again without that endpoint), never a 4xx for a valid batch."""
+    key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
+    base = f"{tenant.path}/webhook-endpoints"
+    doomed, kept = [(await api.post(base, key=key, json={"url": f"https://hooks.example.com/{name}"})).body["id"]
+                    for name in ("doomed", "kept")]
+    deleter = await asyncpg.connect(database_url)
+    try:
+        deleting = deleter.transaction()
+        await deleting.start()
+        await deleter.execute("DELETE FROM endpoints WHERE id = $1", ids.decode("ep", doomed))
+        publishing = asyncio.create_task(publish(api, event(tenant.business_id, data=call("race-1"))))
+
+        async def blocked_on_the_delete() -> bool:
+            return bool(await db.fetchval(
+                """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'"""))
+
+        await until(blocked_on_the_delete, 10, "the publish waits for the deleted endpoint's row")
+        await deleting.commit()
+        r = await publishing
+    finally:
+        await deleter.close()
+    assert r.status == 202, (r.status, r.body)
+    event_id = ids.decode("evt", r.body["events"][0]["id"])
+    to = await db.fetch("SELECT endpoint_id FROM deliveries WHERE event_id = $1", event_id)
+    assert [ids.encode("ep", row["endpoint_id"]) for row in to] == [kept]
+
+
+async def test_publishes_and_endpoint_deletes_at_once_never_refuse_a_valid_batch(tenant: Tenant, api: Api) -> None:
+    key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
+    base = f"{tenant.path}/webhook-endpoints"
+    endpoints = [(await api.post(base, key=key, json={"url": f"https://hooks.example.com/{i}"})).body["id"]
+                 for i in range(20)]
+
+    async def publisher(n: int) -> list[int]:
+        statuses = []
+        for i in range(15):
+            batch = [event(tenant.business_id, data=call(f"p{n}-{i}-{j}")) for j in range(5)]
+            r = await publish(api, {"events": batch})
+            statuses.append(r.status)
+            if r.status == 503:
+                assert r.headers.get("Retry-After"), r.headers
+        return statuses
+
+    async def deleter() -> None:
+        for endpoint in endpoints:
+            assert (await api.delete(f"{base}/{endpoint}", key=key)).status == 204
+
+    results = await asyncio.gather(*[publisher(n) for n in range(4)], deleter())
+    statuses = [s for batch in results[:4] for s in batch]  # type: ignore[union-attr]
+    assert all(s in (202, 503) for s in statuses), statuses

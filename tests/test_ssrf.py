@@ -53,6 +53,18 @@ REFUSED = [
     ("https://224.0.0.1/hook", "multicast"),
     ("https://239.255.255.250/hook", "multicast"),
     ("https://[ff02::1]/hook", "multicast"),
+    # Spellings a resolver (WHATWG/UTS #46 host parsing) folds to the ones above.
+    ("https://\uff11\uff12\uff17.0.0.1/hook", "loopback"),  # full-width digits
+    ("https://127.0.0\u30021/hook", "loopback"),  # an ideographic full stop
+    ("https://127\uff0e0\uff0e0\uff0e1/hook", "loopback"),  # full-width full stops
+    ("https://127\uff610\uff610\uff611/hook", "loopback"),  # half-width ideographic full stops
+    ("https://169.254.169.\uff12\uff15\uff14/latest/meta-data/", "metadata"),
+    ("https://\u2460\u2461\u2466.0.0.1/hook", "loopback"),  # circled digits
+    ("https://%31%32%37.0.0.1/hook", "loopback"),  # percent-encoded
+    ("https://127.0.0.1\u00ad/hook", "loopback"),  # a soft hyphen, which host parsing drops
+    ("https://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/hook", "not a public host name"),
+    ("https://LOCALHOST\u3002/hook", "not a public host name"),
+    ("https://metadata.google.\uff49\uff4e\uff54\uff45\uff52\uff4e\uff41\uff4c/", "not a public host name"),
 ]
 
 ACCEPTED = [
@@ -60,6 +72,8 @@ ACCEPTED = [
     "https://172.32.0.1/hook",  # just past 172.16.0.0/12
     "https://100.128.0.1/hook",  # just past 100.64.0.0/10
     "https://[2606:4700:4700::1111]/hook",
+    "https://b\u00fccher.example/hook",  # an internationalised name
+    "https://\uff18.\uff18.\uff18.\uff18/hook",  # a public address in full-width digits
 ]
 
 

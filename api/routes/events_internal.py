@@ -16,7 +16,7 @@ routes = Routes("internal")
 
 
 @routes.post("/internal/v1/events", summary="Publish one event or a batch of up to 500 (all or nothing)",
-             auth="internal", body=PublishIn, response=PublishOut, status=202)
+             auth="internal", body=PublishIn, response=PublishOut, status=202, errors=(503,))
 async def publish_events(request: web.Request) -> web.StreamResponse:
     auth.internal(request)
     raw = await read_json(request)

@@ -84,7 +84,7 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post(BASE, summary="Add an endpoint (returns its signing secret)", auth="key_or_session", scope=WRITE,
-             body=EndpointIn, response=EndpointCreatedOut, status=201)
+             body=EndpointIn, response=EndpointCreatedOut, status=201, errors=(409,))
 async def create_endpoint(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
     body = await parse_body(request, EndpointIn)
@@ -138,7 +138,7 @@ async def send_test(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get(ONE + "/secret", summary="The current signing secret", auth="key_or_session", scope=WRITE,
-            response=SecretOut)
+            response=SecretOut, errors=(409,))
 async def reveal_secret(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
     secret = await service.reveal_secret(request.app[DB], request.app[SETTINGS], access.business_id,
@@ -147,7 +147,7 @@ async def reveal_secret(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post(ONE + "/secret/rotate", summary="Rotate the signing secret; the old one signs on for the grace period",
-             auth="key_or_session", scope=WRITE, body=RotateIn, response=SecretOut)
+             auth="key_or_session", scope=WRITE, body=RotateIn, response=SecretOut, errors=(409,))
 async def rotate_secret(request: web.Request) -> web.StreamResponse:
     access = await _write_access(request)
     endpoint_id = _endpoint_id(request)
@@ -179,15 +179,16 @@ async def recover(request: web.Request) -> web.StreamResponse:
     await service.get_endpoint(request.app[DB], access.business_id, endpoint_id)  # 404 before 422
     body = await parse_body(request, RecoverIn)
     if body.dry_run:
-        plan = await recovery.plan(request.app[DB], endpoint_id, since=body.since, until=body.until,
-                                   include_missed=body.include_missed, business_id=access.business_id)
+        plan = await recovery.plan(request.app[DB], request.app[SETTINGS], endpoint_id, since=body.since,
+                                   until=body.until, include_missed=body.include_missed, business_id=access.business_id)
         return render.json({"count": plan.count, "failed": plan.failed, "missed": plan.missed,
-                            "by_event_type": plan.by_event_type, "by_last_status": plan.by_last_status})
+                            "by_event_type": plan.by_event_type, "by_last_status": plan.by_last_status,
+                            "max_count": plan.max_count})
     actor = auth.actor(request, access)
     job = await recovery.start(
-        request.app[DB], endpoint_id, since=body.since, until=body.until,
+        request.app[DB], request.app[SETTINGS], endpoint_id, since=body.since, until=body.until,
         include_missed=body.include_missed, rate_per_s=body.rate, actor=_actor_label(access), audit_actor=actor,
-        deadline_s=request.app[SETTINGS].replay_deadline_s, business_id=access.business_id,
+        business_id=access.business_id,
     )
     return render.json({"count": job.total, "job_id": ids.encode("rcv", job.id)}, status=202)
 

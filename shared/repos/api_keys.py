@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import asyncpg
 
 from shared import ids
+from shared.apikeys import StoredHash
 from shared.models import ApiKey
 from shared.pagination import Page, Position, paginate
 from shared.repos import Executor, newest_first
@@ -25,7 +26,7 @@ async def create(
     *,
     business_id: uuid.UUID,
     name: str,
-    key_hash: bytes,
+    key_hash: StoredHash,
     display_prefix: str,
     last4: str,
     scopes: Iterable[str],
@@ -34,10 +35,10 @@ async def create(
 ) -> ApiKey:
     row = await db.fetchrow(
         f"""INSERT INTO api_keys (id, business_id, name, key_hash, display_prefix, last4, scopes,
-                                  expires_at, created_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}""",
-        ids.new_uuid(), business_id, name, key_hash, display_prefix, last4, list(scopes),
-        expires_at, created_by,
+                                  expires_at, created_by, hash_scheme, hash_key_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}""",
+        ids.new_uuid(), business_id, name, key_hash.value, display_prefix, last4, list(scopes),
+        expires_at, created_by, key_hash.scheme, key_hash.key_id,
     )
     return _key(row)
 
@@ -57,14 +58,28 @@ async def delete(db: Executor, business_id: uuid.UUID, key_id: uuid.UUID) -> Api
     return _key(row) if row else None
 
 
-async def by_hash(db: Executor, key_hash: bytes) -> ApiKey | None:
-    """The key with this hash (and its business's name), expired or not; the caller decides."""
+async def by_hashes(db: Executor, hashes: Sequence[StoredHash]) -> tuple[ApiKey, bytes] | None:
+    """The key stored under one of these hashes (with its business's name), expired or not (the caller
+    decides), and the hash it was found by."""
     row = await db.fetchrow(
-        f"""SELECT {", ".join("k." + c for c in _COLUMNS.split(", "))}, b.name AS business_name
-            FROM api_keys k JOIN businesses b ON b.id = k.business_id WHERE k.key_hash = $1""",
-        key_hash,
+        f"""SELECT {", ".join("k." + c for c in _COLUMNS.split(", "))}, b.name AS business_name, k.key_hash
+            FROM api_keys k JOIN businesses b ON b.id = k.business_id WHERE k.key_hash = ANY($1::bytea[])
+            LIMIT 1""",
+        [h.value for h in hashes],
     )
-    return _key(row) if row else None
+    if row is None:
+        return None
+    found = row["key_hash"]
+    return _key({k: v for k, v in row.items() if k != "key_hash"}), found
+
+
+async def rehash(db: Executor, key_id: uuid.UUID, old: bytes, new: StoredHash) -> bool:
+    """Store the key under ``new`` instead of ``old`` (no effect if it changed meanwhile)."""
+    result: str = await db.execute(
+        "UPDATE api_keys SET key_hash = $3, hash_scheme = $4, hash_key_id = $5 WHERE id = $1 AND key_hash = $2",
+        key_id, old, new.value, new.scheme, new.key_id,
+    )
+    return result.endswith(" 1")
 
 
 async def touch_many(db: Executor, used: dict[uuid.UUID, datetime]) -> None:
@@ -77,3 +92,9 @@ async def touch_many(db: Executor, used: dict[uuid.UUID, datetime]) -> None:
            WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)""",
         list(used.keys()), list(used.values()),
     )
+
+
+async def hashes_by_key(db: Executor) -> dict[tuple[str | None, int], int]:
+    """How many keys are stored under each master key id (None: not recorded, before migration 0011) and scheme."""
+    rows = await db.fetch("SELECT hash_key_id, hash_scheme, count(*) AS n FROM api_keys GROUP BY 1, 2")
+    return {(r["hash_key_id"], r["hash_scheme"]): r["n"] for r in rows}

@@ -10,7 +10,6 @@ from typing import Any
 
 import asyncpg
 
-from shared import ids
 from shared.models import Endpoint
 from shared.pagination import Page, Position, paginate
 from shared.repos import Executor, newest_first
@@ -18,6 +17,11 @@ from shared.repos.handoff import notify_endpoint_changed
 from shared.secrets_box import Sealed
 
 _COLUMNS = "id, business_id, url, description, event_types, enabled, disabled_reason, created_at, updated_at"
+_SEALED = "key_id, nonce, ciphertext, scheme"
+
+
+def _sealed(row: asyncpg.Record) -> Sealed:
+    return Sealed(row["key_id"], row["nonce"], row["ciphertext"], row["scheme"])
 
 
 def _endpoint(row: asyncpg.Record) -> Endpoint:
@@ -26,23 +30,39 @@ def _endpoint(row: asyncpg.Record) -> Endpoint:
 
 
 async def create(
-    db: Executor, *, business_id: uuid.UUID, url: str, description: str, event_types: Sequence[str] | None,
-    secret: Sealed,
+    db: Executor, *, endpoint_id: uuid.UUID, business_id: uuid.UUID, url: str, description: str,
+    event_types: Sequence[str] | None, secret: Sealed,
 ) -> Endpoint:
-    """Insert the endpoint and its first secret; run inside a transaction."""
+    """Insert the endpoint and its first secret (sealed for ``endpoint_id``); run inside a transaction."""
     row = await db.fetchrow(
         f"""INSERT INTO endpoints (id, business_id, url, description, event_types)
             VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}""",
-        ids.new_uuid(), business_id, url, description, list(event_types) if event_types is not None else None,
+        endpoint_id, business_id, url, description, list(event_types) if event_types is not None else None,
     )
     await add_secret(db, row["id"], secret)
     return _endpoint(row)
 
 
+async def lock_business(db: Executor, business_id: uuid.UUID) -> bool:
+    """Serialise endpoint creation within one business until the transaction ends (so that a count made next
+    stays true until the insert commits); False if there is no such business. FOR NO KEY UPDATE does not
+    block the foreign-key checks of events and deliveries being stored meanwhile."""
+    return await db.fetchval("SELECT true FROM businesses WHERE id = $1 FOR NO KEY UPDATE", business_id) is True
+
+
+async def count_of_business(db: Executor, business_id: uuid.UUID) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM endpoints WHERE business_id = $1", business_id))
+
+
+async def lock(db: Executor, endpoint_id: uuid.UUID) -> bool:
+    """Serialise changes to the endpoint's secrets until the transaction ends; False if it is gone."""
+    return await db.fetchval("SELECT true FROM endpoints WHERE id = $1 FOR NO KEY UPDATE", endpoint_id) is True
+
+
 async def add_secret(db: Executor, endpoint_id: uuid.UUID, secret: Sealed) -> None:
     await db.execute(
-        "INSERT INTO endpoint_secrets (endpoint_id, key_id, nonce, ciphertext) VALUES ($1, $2, $3, $4)",
-        endpoint_id, secret.key_id, secret.nonce, secret.ciphertext,
+        "INSERT INTO endpoint_secrets (endpoint_id, key_id, nonce, ciphertext, scheme) VALUES ($1, $2, $3, $4, $5)",
+        endpoint_id, secret.key_id, secret.nonce, secret.ciphertext, secret.scheme,
     )
 
 
@@ -164,10 +184,23 @@ async def failing_since_before(db: Executor, cutoff: datetime) -> list[Endpoint]
 
 async def current_secret(db: Executor, endpoint_id: uuid.UUID) -> Sealed | None:
     row = await db.fetchrow(
-        "SELECT key_id, nonce, ciphertext FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NULL",
+        f"SELECT {_SEALED} FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NULL", endpoint_id)
+    return _sealed(row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningNow:
+    count: int  # secrets that sign now: the current one and those in their grace period
+    next_expiry: datetime | None  # when the first of those in their grace period stops signing
+
+
+async def signing_now(db: Executor, endpoint_id: uuid.UUID) -> SigningNow:
+    row = await db.fetchrow(
+        """SELECT count(*) AS n, min(expires_at) AS next_expiry FROM endpoint_secrets
+           WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())""",
         endpoint_id,
     )
-    return Sealed(row["key_id"], row["nonce"], row["ciphertext"]) if row else None
+    return SigningNow(int(row["n"]), row["next_expiry"])
 
 
 async def rotate_secret(db: Executor, endpoint_id: uuid.UUID, new: Sealed, grace_s: int) -> None:
@@ -191,15 +224,14 @@ class LiveSecret:
 async def live_secrets(db: Executor, endpoint_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[LiveSecret]]:
     """Every secret that signs now, per endpoint: the current one first, then unexpired old ones."""
     rows = await db.fetch(
-        """SELECT endpoint_id, key_id, nonce, ciphertext, expires_at FROM endpoint_secrets
-           WHERE endpoint_id = ANY($1::uuid[]) AND (expires_at IS NULL OR expires_at > now())
-           ORDER BY endpoint_id, expires_at DESC NULLS FIRST, id DESC""",
+        f"""SELECT endpoint_id, {_SEALED}, expires_at FROM endpoint_secrets
+            WHERE endpoint_id = ANY($1::uuid[]) AND (expires_at IS NULL OR expires_at > now())
+            ORDER BY endpoint_id, expires_at DESC NULLS FIRST, id DESC""",
         list(endpoint_ids),
     )
     out: dict[uuid.UUID, list[LiveSecret]] = {}
     for r in rows:
-        out.setdefault(r["endpoint_id"], []).append(
-            LiveSecret(Sealed(r["key_id"], r["nonce"], r["ciphertext"]), r["expires_at"]))
+        out.setdefault(r["endpoint_id"], []).append(LiveSecret(_sealed(r), r["expires_at"]))
     return out
 
 
@@ -217,3 +249,46 @@ async def current(db: Executor, endpoint_ids: Sequence[uuid.UUID]) -> dict[uuid.
     rows = await db.fetch("SELECT id, url, enabled FROM endpoints WHERE id = ANY($1::uuid[])", list(endpoint_ids))
     secrets = await live_secrets(db, [r["id"] for r in rows])
     return {r["id"]: Current(r["url"], r["enabled"], secrets.get(r["id"], [])) for r in rows}
+
+
+# ---- re-sealing under the current master key (shared.key_rotation) ----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StoredSecret:
+    id: int
+    endpoint_id: uuid.UUID
+    sealed: Sealed
+
+
+async def live_sealed_after(db: Executor, after_id: int, limit: int) -> list[StoredSecret]:
+    """Secrets that still sign (or will), in id order after ``after_id``: a page of a walk over all of them."""
+    rows = await db.fetch(
+        f"""SELECT id, endpoint_id, {_SEALED} FROM endpoint_secrets
+            WHERE id > $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY id LIMIT $2""",
+        after_id, limit,
+    )
+    return [StoredSecret(r["id"], r["endpoint_id"], _sealed(r)) for r in rows]
+
+
+async def replace_sealed(db: Executor, replaced: Sequence[tuple[StoredSecret, Sealed]]) -> int:
+    """Store each secret sealed anew (the same secret), unless its row changed meanwhile; returns how many."""
+    if not replaced:
+        return 0
+    result: str = await db.execute(
+        """UPDATE endpoint_secrets s SET key_id = r.key_id, nonce = r.nonce, ciphertext = r.ciphertext,
+                  scheme = r.scheme
+           FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bytea[], $5::bytea[], $6::smallint[])
+                AS r(id, old_nonce, key_id, nonce, ciphertext, scheme)
+           WHERE s.id = r.id AND s.nonce = r.old_nonce""",
+        [old.id for old, _ in replaced], [old.sealed.nonce for old, _ in replaced],
+        [new.key_id for _, new in replaced], [new.nonce for _, new in replaced],
+        [new.ciphertext for _, new in replaced], [new.scheme for _, new in replaced],
+    )
+    return int(result.split()[-1])
+
+
+async def live_sealed_by_key(db: Executor) -> dict[tuple[str, int], int]:
+    """How many secrets that still sign are sealed under each master key id, in each scheme."""
+    rows = await db.fetch("""SELECT key_id, scheme, count(*) AS n FROM endpoint_secrets
+                             WHERE expires_at IS NULL OR expires_at > now() GROUP BY 1, 2""")
+    return {(r["key_id"], r["scheme"]): r["n"] for r in rows}
