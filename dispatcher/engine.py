@@ -216,7 +216,7 @@ class Engine:
             job = lane.queue.popleft()
             lane.in_flight += 1
             self.in_flight += 1
-            self.supervisor.spawn(self._send(lane, job), "a send failed unexpectedly")
+            self.supervisor.track(self._send(lane, job))
         if lane.queue and self.in_flight >= self.settings.max_in_flight:
             self._waiting[lane.endpoint_id] = None
 

@@ -128,13 +128,13 @@ class ResultWriter:
         """Write what is waiting; False if Postgres was unavailable (what is left is kept for the next)."""
         if not self._batch:
             return True
-        items, self._batch = self._batch.items(), _Batch()
+        batch, self._batch = self._batch, _Batch()
         try:
-            left = await self._write(items)
+            left = await self._write(batch)
         except asyncio.CancelledError:
             # Cancelled mid-write (the worker is stopping): the transaction rolled back, so keep the batch
             # for the final drain rather than lose attempts and send their deliveries twice.
-            self._keep(items)
+            self._keep(batch.items())
             raise
         if left:
             self._keep(left)
@@ -148,17 +148,19 @@ class ResultWriter:
         for item in kept.items():
             self._batch.add(item)
 
-    async def _write(self, items: list[Record]) -> list[Record]:
-        """Write ``items``, isolating a failing row; returns what could not be written for want of Postgres."""
+    async def _write(self, batch: _Batch) -> list[Record]:
+        """Write ``batch``, isolating a failing row; returns what could not be written for want of Postgres."""
         try:
             async with self._db.acquire() as conn, conn.transaction():
-                written = await delivery_results.write_results(conn, self._owner, *_split(items))
+                written = await delivery_results.write_results(conn, self._owner, batch.results, batch.deferrals,
+                                                               batch.settlements)
         except db.UNAVAILABLE as exc:
             metrics.WRITER_FLUSH_FAILURES.labels("unavailable").inc()
-            self._complain("could not record delivery results (Postgres unavailable?); retrying", exc, len(items))
-            return items
+            self._complain("could not record delivery results (Postgres unavailable?); retrying", exc, len(batch))
+            return batch.items()
         except Exception as exc:
             metrics.WRITER_FLUSH_FAILURES.labels("rejected").inc()
+            items = batch.items()
             if len(items) == 1:
                 strikes = self._strikes[items[0].delivery_id] = self._strikes.get(items[0].delivery_id, 0) + 1
                 if strikes < STRIKES:
@@ -168,14 +170,15 @@ class ResultWriter:
                 self._drop(items[0], exc)
                 return []
             half = len(items) // 2
-            left = await self._write(items[:half])
-            return left + (await self._write(items[half:]) if not left else items[half:])
+            left = await self._write(_Batch.of(items[:half]))
+            return left + (await self._write(_Batch.of(items[half:])) if not left else items[half:])
         if written.vanished:
             metrics.RESULTS_DROPPED.labels("vanished").inc(len(written.vanished))
             log.info("results dropped: their deliveries no longer exist (endpoint deleted)",
                      extra={"delivery_ids": [ids.encode("dlv", d) for d in written.vanished[:20]],
                             "count": len(written.vanished)})
-        done = [item.delivery_id for item in items]
+        done = [r.delivery_id for r in batch.results] + [d.delivery_id for d in batch.deferrals] + \
+            [s.delivery_id for s in batch.settlements]
         if self._strikes:
             for delivery_id in done:
                 self._strikes.pop(delivery_id, None)
@@ -200,8 +203,3 @@ class ResultWriter:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while self.pending and asyncio.get_running_loop().time() < deadline:
             await self.flush()
-
-
-def _split(items: Sequence[Record]) -> tuple[list[AttemptResult], list[Deferral], list[Settlement]]:
-    batch = _Batch.of(items)
-    return batch.results, batch.deferrals, batch.settlements

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from dispatcher.outcome import AddressNotAllowed, Outcome, from_exception, from_response
+from dispatcher.outcome import AddressNotAllowed, Outcome, excerpt, from_exception, from_response
 from shared.signing import USER_AGENT
 from shared.url_policy import address_problem
 
@@ -64,8 +64,11 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
             raw = await _read_upto(resp.content, max_read)
             if not resp.content.at_eof():
                 resp.close()  # more than we read: do not reuse this connection
+            took = int((time.monotonic() - start) * 1000)
+            if 200 <= resp.status < 300:  # the hot path: no headers to read
+                return Outcome(resp.status, excerpt(raw), took, None, None)
             return from_response(resp.status, resp.headers.get("Retry-After"), resp.headers.get("Location"), raw,
-                                 int((time.monotonic() - start) * 1000), datetime.now(UTC), retry_after_cap_s)
+                                 took, datetime.now(UTC), retry_after_cap_s)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # whatever a receiver (or a bug of ours) causes, the attempt gets an outcome

@@ -63,6 +63,12 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def track(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run work that handles its own failures (a send: it settles whatever happens), awaited at stop."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     @property
     def busy(self) -> int:
         return len(self._tasks)
