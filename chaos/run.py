@@ -86,7 +86,10 @@ from bench.procs import free_port  # noqa: E402
 from bench.procs import start as start_child  # noqa: E402
 from shared.settings import Settings, _parse_duration_s  # noqa: E402
 
-RETRY_SCHEDULE = "1s,2s,3s,5s,8s"
+# The schedule is a deadline: its total (53 s) must outlast what the drill does to a delivery besides its
+# receiver (a 15 s lease after both workers are killed, a 10 s Postgres outage), as the product's three
+# days outlast any of those. With 19 s, deliveries held at a double kill met their deadline unsent.
+RETRY_SCHEDULE = "1s,2s,3s,5s,8s,13s,21s"
 REPLAY_SCHEDULE = "1s,2s,3s"  # a retry's or recover's own schedule
 DELIVERY_TIMEOUT_S = 3
 LEASE_S = float(Settings.model_fields["lease_s"].default)  # the product's default: not changed here
