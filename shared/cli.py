@@ -35,6 +35,8 @@ async def cmd_migrate(args: argparse.Namespace) -> None:
     conn = await connect(_settings())
     try:
         applied = await migrate(conn)
+    except RuntimeError as exc:  # no migrations shipped: say so, never "applied 0"
+        raise CliError(str(exc)) from None
     finally:
         await conn.close()
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))

@@ -22,7 +22,10 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
 
 
 async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply what is missing; return the names applied. Safe to run concurrently."""
+    """Apply what is missing; return the names applied. Safe to run concurrently. Raises ``RuntimeError``
+    if ``sql_dir`` holds no migration at all (an install without them must not report success)."""
+    if not migration_files(sql_dir):
+        raise RuntimeError(f"no migrations found in {sql_dir}: this install does not ship sql/")
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:

@@ -6,11 +6,13 @@ import asyncio
 import base64
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from shared import ids
+from shared.migrations import migrate
 from shared.settings import Settings
 from tests.helpers import with_database
 from tests.processes import ROOT, process_env
@@ -130,3 +132,13 @@ async def test_concurrent_migrations_apply_each_file_once(database_url: str) -> 
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_migrate_without_any_migration_files_fails_loudly(tmp_path: Path, database_url: str) -> None:
+    """An install that lost sql/ must not report success on an empty schema."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(RuntimeError, match="no migrations found"):
+            await migrate(conn, tmp_path)
+    finally:
+        await conn.close()
