@@ -8,7 +8,7 @@ from aiohttp import web
 
 from api.app import create_app, runner_options
 from shared.logs import configure_logging
-from shared.runtime import tune_process
+from shared.runtime import new_event_loop, tune_process
 from shared.settings import load_settings
 
 
@@ -18,7 +18,7 @@ def main() -> None:
     tune_process()
     logging.getLogger("kaihooks.api").info("listening", extra={"port": settings.port})
     web.run_app(create_app(settings), host=settings.listen_host, port=settings.port, shutdown_timeout=10,
-                print=None, **runner_options(settings))
+                print=None, loop=new_event_loop(), **runner_options(settings))
 
 
 if __name__ == "__main__":

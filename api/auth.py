@@ -42,13 +42,15 @@ def bearer_token(request: web.Request) -> str | None:
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # Every token we issue is ASCII; a header aiohttp decoded with lone surrogates (bytes that are not UTF-8)
+    # is no token of ours, and must not reach an .encode() that would raise.
+    if scheme.lower() != "bearer" or not token.strip() or not token.isascii():
         raise Unauthorized()
     return token.strip()
 
 
 def session_token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 async def api_key(request: web.Request, token: str) -> Verified:
@@ -72,7 +74,7 @@ async def session(request: web.Request) -> Session:
     await request.app[SESSION_LIMIT].take(token_hash)
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
+        if not sent.isascii() or not hmac.compare_digest(sent.encode(), found.csrf_token.encode()):
             raise Forbidden(f"Missing or wrong {CSRF_HEADER} header.")
     return found
 

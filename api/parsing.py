@@ -68,7 +68,8 @@ async def read_json(request: web.Request) -> Any:
     try:
         data = orjson.loads(raw)  # orjson parses without recursing in Python and stops past 1024 levels
     except orjson.JSONDecodeError as exc:
-        if exc.msg.startswith("depth limit"):
+        # orjson's wording for its 1024-level limit (before 3.10.x: "array and object recursion depth exceeded")
+        if exc.msg.startswith("depth limit") or "recursion depth exceeded" in exc.msg:
             raise too_deep(depth_limit) from None
         raise BadRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
     # Before anything walks the value recursively (the NUL scan below, pydantic, orjson.dumps of an event's

@@ -17,6 +17,8 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from shared.runtime import new_event_loop
+
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC  # as in api/render.py
 
 
@@ -47,13 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     raw = args.body.read_bytes()
     app = build_raw(args.path, raw) if args.raw else build(args.path, orjson.loads(raw))
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, shutdown_timeout=2, print=None)
+    web.run_app(app, loop=new_event_loop(), host="127.0.0.1", port=args.port, access_log=None, shutdown_timeout=2,
+                print=None)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import aiohttp
 import callgen
 import orjson
 
+from shared.runtime import new_event_loop
+
 USER_AGENT = "KaiCalls-Webhooks/0.1.0"
 
 
@@ -112,13 +114,8 @@ def main() -> None:
         raise SystemExit("limit_client: the window must end within 10 minutes")
     targets = [(path, base64.b64decode(secret.removeprefix("whsec_")))
                for path, secret in orjson.loads(args.secrets.read_bytes()).items()]
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
-    result = asyncio.run(run(args.base, targets, args.concurrency, args.t0, args.t1, args.max_requests))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        result = runner.run(run(args.base, targets, args.concurrency, args.t0, args.t1, args.max_requests))
     args.out.write_bytes(orjson.dumps(result))
 
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from shared.runtime import new_event_loop
+
 MAX_RECORDS = 2_000_000
 TOLERANCE_S = 300
 
@@ -190,15 +192,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hang-s", type=float, default=30.0, help="how long /hang/ requests are held (at most 120)")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
     state = State(hang_s=min(120.0, args.hang_s))
-    web.run_app(build(state), host="127.0.0.1", port=args.port, access_log=None, shutdown_timeout=1, print=None,
-                backlog=2048)
+    web.run_app(build(state), loop=new_event_loop(), host="127.0.0.1", port=args.port, access_log=None,
+                shutdown_timeout=1, print=None, backlog=2048)
 
 
 if __name__ == "__main__":

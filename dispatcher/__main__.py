@@ -7,7 +7,7 @@ import signal
 
 from dispatcher.worker import serve
 from shared.logs import configure_logging
-from shared.runtime import tune_process
+from shared.runtime import new_event_loop, tune_process
 from shared.settings import Settings, load_settings
 
 
@@ -15,7 +15,8 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.dev)
     tune_process()
-    asyncio.run(_run(settings))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(_run(settings))
 
 
 async def _run(settings: Settings) -> None:

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,16 +110,6 @@ def _dev_secret(name: str, make: callable) -> str:  # type: ignore[valid-type]
     return path.read_text().strip()
 
 
-def kaihooks(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], env=env, input=stdin, text=True,
-        capture_output=True, cwd=ROOT, check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"devenv: `kaihooks {' '.join(args)}` failed: {result.stderr.strip()}")
-    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-
-
 def seed_demo(env: dict[str, str]) -> dict[str, str]:
     """A demo business, owner and API key, created once and remembered in .dev/demo.json."""
     from seed_demo import seed
@@ -144,6 +135,15 @@ def procfile() -> dict[str, str]:
         if sep and name.strip() and not name.startswith("#"):
             entries[name.strip()] = command.strip()
     return entries
+
+
+def release(env: dict[str, str]) -> None:
+    """The Procfile's release step (the migrations), as a platform runs it before starting a new release."""
+    command = procfile()["release"]
+    result = subprocess.run(command, shell=True, env=env, cwd=ROOT, text=True, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"devenv: the release step `{command}` failed: {result.stderr.strip()}")
+    say(f"release: {result.stdout.strip()}")
 
 
 def run_processes(env: dict[str, str], names: list[str]) -> int:
@@ -199,7 +199,7 @@ def cmd_run() -> int:
             "PORT": os.environ.get("PORT", "8080"),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        kaihooks(env, "migrate")
+        release(env)
         demo = seed_demo(env)
         base = f"http://127.0.0.1:{env['PORT']}"
         token = env["KAIHOOKS_INTERNAL_TOKENS"].split(",")[0]
@@ -217,14 +217,76 @@ kaihooks is starting (Ctrl-C stops everything this started).
         return run_processes(env, ["web", "worker"])
 
 
+# Where a Chrome or Chromium may be, in the order they are tried (KAIHOOKS_CHROMIUM first).
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+NO_BROWSER = ("the dashboard tests need Chrome or Chromium: `apt-get install chromium` (Debian/Ubuntu, as root), "
+              "`.venv/bin/playwright install chromium`, or KAIHOOKS_CHROMIUM=/path/to/chrome")
+
+
+def playwright_browser() -> str | None:
+    """The Chromium that ``playwright install chromium`` downloaded, if it did."""
+    code = ("from playwright.sync_api import sync_playwright\n"
+            "with sync_playwright() as p: print(p.chromium.executable_path)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    path = done.stdout.strip()
+    return path if done.returncode == 0 and path and os.access(path, os.X_OK) else None
+
+
+def find_browser(env: dict[str, str]) -> str | None:
+    named = env.get("KAIHOOKS_CHROMIUM")
+    if named:
+        if not os.access(named, os.X_OK):
+            raise SystemExit(f"devenv: KAIHOOKS_CHROMIUM={named} is not an executable file; {NO_BROWSER}")
+        return named
+    for name in BROWSERS:
+        found = shutil.which(name, path=env.get("PATH"))
+        if found:
+            return found
+    return playwright_browser()
+
+
+def browser(env: dict[str, str]) -> str:
+    """A Chrome/Chromium for the dashboard tests: one that is there, else Debian's package when this runs as
+    root with apt, else Playwright's download; if none of these works, stop with one line saying what to do."""
+    found = find_browser(env)
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        say("no Chrome/Chromium here: installing Debian's chromium (apt-get install chromium)")
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": False}
+        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=apt_env, **quiet)  # type: ignore[call-overload]
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=apt_env, **quiet)  # type: ignore[call-overload]
+    else:
+        say("no Chrome/Chromium here: trying Playwright's download (playwright install chromium)")
+        subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = find_browser(env)
+    if not found:
+        raise SystemExit(f"devenv: {NO_BROWSER}")
+    return found
+
+
+def needs_browser(pytest_args: list[str]) -> bool:
+    """Whether the tests asked for include the dashboard's (all of tests/ does, unless it is --ignore'd)."""
+    dashboard = ROOT / "tests" / "test_dashboard.py"
+    if any(a.startswith("--ignore") and a.endswith("test_dashboard.py") for a in pytest_args):
+        return False
+    paths = [Path(a.split("::")[0]).resolve() for a in pytest_args
+             if not a.startswith("-") and Path(a.split("::")[0]).exists()]
+    return not paths or any(p == dashboard or (p.is_dir() and dashboard.is_relative_to(p)) for p in paths)
+
+
 def cmd_test(pytest_args: list[str]) -> int:
     with ExitStack() as stack:
+        chromium = browser(dict(os.environ)) if needs_browser(pytest_args) else ""
         server_url, _ = postgres_server(stack)
         env = {
             **os.environ,
             # The suite creates a fresh database on this server and drops it at the end.
             "KAIHOOKS_TEST_PG_SERVER": server_url,
             "KAIHOOKS_TEST_REDIS_URL": redis_server(stack, TEST_REDIS_DB),
+            "KAIHOOKS_CHROMIUM": chromium,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], env=env, cwd=ROOT)
