@@ -14,7 +14,7 @@ from shared.settings import load_settings
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.dev)
+    configure_logging(settings.dev, settings.log_level)
     tune_process()
     logging.getLogger("kaihooks.api").info("listening", extra={"port": settings.port})
     web.run_app(create_app(settings), host=settings.listen_host, port=settings.port, shutdown_timeout=10,

@@ -15,6 +15,7 @@ from api.client_address import ClientAccessLogger
 from api.context import DB, KEYS, OPENAPI, PAGES, REDIS, SESSION_LIMIT, SETTINGS, SIGN_INS
 from api.dashboard import routes as dashboard
 from api.keyauth import KeyVerifier
+from api.observe import request_metrics_middleware
 from api.pagecache import PageCache
 from api.parsing import body_limit_middleware
 from api.problems import problem_middleware
@@ -63,7 +64,9 @@ async def _key_verifier(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[security_headers_middleware, problem_middleware, body_limit_middleware],
+        # The metrics middleware first (outermost): it sees the status the client gets.
+        middlewares=[request_metrics_middleware, security_headers_middleware, problem_middleware,
+                     body_limit_middleware],
         client_max_size=settings.max_body_bytes_internal,
     )
     app[SETTINGS] = settings

@@ -12,6 +12,7 @@ from aiohttp import web
 from api.client_address import client_address
 from api.context import DB, KEYS, SESSION_LIMIT, SETTINGS
 from api.keyauth import Verified
+from api.observe import KEY_ID, USER_ID
 from shared import ids
 from shared.errors import Forbidden, InsufficientScope, NotFound, Unauthorized
 from shared.models import WRITE_ROLES, ApiKey, Role, Session
@@ -58,6 +59,7 @@ async def api_key(request: web.Request, token: str) -> Verified:
     if "Origin" in request.headers:
         raise Forbidden(_KEY_IN_BROWSER)
     verified: Verified = await request.app[KEYS].verify(token)
+    request[KEY_ID] = verified.key.id
     return verified
 
 
@@ -71,6 +73,7 @@ async def session(request: web.Request) -> Session:
     found = await session_repo.get_live(request.app[DB], token_hash)
     if found is None:
         raise Unauthorized()
+    request[USER_ID] = found.user.id
     await request.app[SESSION_LIMIT].take(token_hash)
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")

@@ -9,6 +9,7 @@ the client itself and could say anything.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
@@ -16,8 +17,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from api.context import SETTINGS
-from shared import addresses
+from api.observe import KEY_ID, USER_ID, route_of
+from shared import addresses, ids
 from shared.addresses import Address
+from shared.logs import redact
 
 Network = IPv4Network | IPv6Network
 _CLIENT = web.RequestKey("client_address", str)  # "" when there is none (a unix socket)
@@ -58,14 +61,23 @@ def client_address(request: web.BaseRequest) -> str | None:
 
 
 class ClientAccessLogger(AbstractAccessLogger):
-    """One structured line per request, naming the client as the rest of the service does."""
+    """One structured line per request (at info), naming the client as the rest of the service does: method,
+    route template, path (never the query string, which may carry anything), status, duration, and who
+    authenticated it by public id (``key_id``, or a dashboard session's ``user_id``), never a credential."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         try:
             client = client_address(request)
         except Exception:  # a request that never reached the application (malformed): the socket's peer
             client = request.remote
+        key_id, user_id = request.get(KEY_ID), request.get(USER_ID)
         self.logger.info("request", extra={
-            "method": request.method, "path": request.path, "status": response.status,
-            "duration_ms": round(time * 1000, 1), "client": client,
+            "method": request.method, "route": route_of(request), "path": redact(request.path),
+            "status": response.status, "duration_ms": round(time * 1000, 1), "client": client,
+            "key_id": ids.encode("key", key_id) if key_id is not None else None,
+            "user_id": ids.encode("usr", user_id) if user_id is not None else None,
         })

@@ -24,7 +24,9 @@ OLDEST = "kaihooks_oldest_held_seconds"
 FLUSH_FAILURES = "kaihooks_writer_flush_failures_total"
 DROPPED = "kaihooks_results_dropped_total"
 CLAIMED = "kaihooks_deliveries_claimed_total"
-ATTEMPTS = "kaihooks_deliveries_total"  # attempts (and deferrals) by outcome: the old engine's sign of work
+ATTEMPTS = "kaihooks_delivery_attempts_total"  # requests sent, by outcome: the old engine's sign of work
+# Older releases (drilled for before/after figures) named it so, and counted deferrals in it too.
+RENAMED = {"kaihooks_deliveries_total": ATTEMPTS}
 IN_FLIGHT = "kaihooks_in_flight"
 WANTED = (HELD, OLDEST, FLUSH_FAILURES, DROPPED, CLAIMED, ATTEMPTS, IN_FLIGHT)
 
@@ -60,6 +62,7 @@ def parse(text: str) -> dict[str, float]:
         if name_end < 0:
             continue
         name = line[:name_end]
+        name = RENAMED.get(name, name)
         if name not in WANTED:
             continue
         value_part = line[line.rfind("}") + 1:] if "{" in line[:name_end + 1] else line[name_end:]

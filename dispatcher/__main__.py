@@ -13,7 +13,7 @@ from shared.settings import Settings, load_settings
 
 def main() -> None:
     settings = load_settings()
-    configure_logging(settings.dev)
+    configure_logging(settings.dev, settings.log_level)
     tune_process()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(_run(settings))

@@ -92,7 +92,7 @@ class Engine:
         now = datetime.now(UTC)
         for lane in self.lanes.values():
             while lane.queue:
-                self._defer(lane.queue.popleft(), now)
+                self._defer(lane.queue.popleft(), now, "stopping")
         await self.supervisor.finish_work(deadline - time.monotonic())
         await self.supervisor.stop_loops()
         await self.writer.drain(max(1.0, deadline - time.monotonic()))
@@ -134,7 +134,7 @@ class Engine:
             elif len(lane.queue) >= lanes.room(lane, self.policy):
                 # The lane is full: hand the delivery back rather than hold it (held deliveries use up this
                 # worker's room for everyone else's), due when the lane may have room again.
-                self._defer(job, lanes.refill_at(lane, self.policy, now))
+                self._defer(job, lanes.refill_at(lane, self.policy, now), "slowed")
             else:
                 lane.queue.append(job)
         for endpoint_id in {o.endpoint_id for o in claimed}:
@@ -197,7 +197,7 @@ class Engine:
             return
         now, wall = time.monotonic(), datetime.now(UTC)
         if not lane.secrets:
-            self._defer_all(lane, wall + timedelta(seconds=UNOPENABLE_RETRY_S))
+            self._defer_all(lane, wall + timedelta(seconds=UNOPENABLE_RETRY_S), "no_secret")
             return
         if lanes.is_open(lane, now):
             # Paused: hand the queue back, due when it may close (no attempt spent), or at its deadline.
@@ -205,13 +205,13 @@ class Engine:
             late = [job for job in lane.queue if job.deadline <= wall]
             for job in lane.queue:
                 if job.deadline > wall:
-                    self._defer(job, min(reopen, job.deadline))
+                    self._defer(job, min(reopen, job.deadline), "paused")
             lane.queue.clear()
             self._fail_paused(lane, late)
             return
         room = lanes.room(lane, self.policy)
         while len(lane.queue) > room:  # it has gone slow: keep what it can take now
-            self._defer(lane.queue.pop(), lanes.refill_at(lane, self.policy, wall))
+            self._defer(lane.queue.pop(), lanes.refill_at(lane, self.policy, wall), "slowed")
         for _ in range(lanes.admit(lane, self.policy, now, self.settings.max_in_flight - self.in_flight)):
             job = lane.queue.popleft()
             lane.in_flight += 1
@@ -250,7 +250,7 @@ class Engine:
         except Exception:  # never leave it held: hand it back for another try
             log.exception("could not settle a delivery; handing it back", extra={
                 "delivery_id": ids.encode("dlv", job.delivery.id)})
-            self._defer(job, datetime.now(UTC) + timedelta(seconds=self.settings.delivery_timeout))
+            self._defer(job, datetime.now(UTC) + timedelta(seconds=self.settings.delivery_timeout), "unsettled")
         self._pump(lane)
         self._pump_waiting()
 
@@ -282,12 +282,12 @@ class Engine:
             self.supervisor.spawn(disable_endpoint(self.db, lane.endpoint_id, "the endpoint answered 410 Gone", "gone"),
                                   "could not disable the endpoint")
 
-    def _defer(self, job: Job, at: datetime) -> None:
-        self.writer.defer(job.delivery.id, at)
+    def _defer(self, job: Job, at: datetime, reason: str) -> None:
+        self.writer.defer(job.delivery.id, at, reason)
 
-    def _defer_all(self, lane: Lane[Job], at: datetime) -> None:
+    def _defer_all(self, lane: Lane[Job], at: datetime, reason: str) -> None:
         while lane.queue:
-            self._defer(lane.queue.popleft(), at)
+            self._defer(lane.queue.popleft(), at, reason)
 
     def _fail_unsent(self, lane: Lane[Job], reason: str) -> None:
         jobs = list(lane.queue)

@@ -86,7 +86,7 @@ class ResultWriter:
     def attempt(self, o: Outbound, result: Outcome, verdict: Verdict, started_at: datetime, url: str) -> None:
         """Record an attempt and what it means for its delivery (and log a failed one with its reason)."""
         metrics.ATTEMPT_SECONDS.labels(metrics.result_class(result.status)).observe(result.duration_ms / 1000)
-        metrics.DELIVERIES.labels("retrying" if verdict.status == "pending" else verdict.status).inc()
+        metrics.ATTEMPTS.labels("retrying" if verdict.status == "pending" else verdict.status).inc()
         self.add(AttemptResult(
             delivery_id=o.id, endpoint_id=o.endpoint_id, started_at=started_at, duration_ms=result.duration_ms,
             response_status=result.status, response_body=result.body_excerpt, error=result.error,
@@ -99,17 +99,17 @@ class ResultWriter:
                 "attempt": o.attempt_count + 1, "error_kind": result.error_kind, "reason": result.error,
                 "status": verdict.status})
 
-    def defer(self, delivery_id: uuid.UUID, at: datetime) -> None:
-        """Hand a delivery back unsent (no attempt spent), due at ``at``."""
-        metrics.DELIVERIES.labels("deferred").inc()
+    def defer(self, delivery_id: uuid.UUID, at: datetime, reason: str) -> None:
+        """Hand a delivery back unsent (no attempt spent), due at ``at``; ``reason`` labels the count."""
+        metrics.DEFERRALS.labels(reason).inc()
         self.add(Deferral(delivery_id, at))
 
     def fail_unsent(self, deliveries: Sequence[Outbound], reasons: Sequence[str], exhausted: bool) -> None:
         """Fail deliveries without a send, each with its reason (logged: at most 20 ids per line)."""
         for o, reason in zip(deliveries, reasons, strict=True):
-            metrics.DELIVERIES.labels("failed").inc()
             self.add(Settlement(o.id, o.endpoint_id, reason, exhausted))
         if deliveries:
+            metrics.FAILED_UNSENT.labels("deadline_passed" if exhausted else "endpoint_disabled").inc(len(deliveries))
             log.info("deliveries failed unsent", extra={
                 "endpoint_id": ids.encode("ep", deliveries[0].endpoint_id), "reason": reasons[0],
                 "delivery_ids": [ids.encode("dlv", o.id) for o in deliveries[:20]], "count": len(deliveries)})

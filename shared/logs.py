@@ -40,8 +40,8 @@ class PlainFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def configure_logging(dev: bool = False, level: int = logging.INFO) -> None:
-    """JSON lines on stderr (plain text with KAIHOOKS_DEV=1)."""
+def configure_logging(dev: bool = False, level: str = "info") -> None:
+    """JSON lines on stderr (plain text with KAIHOOKS_DEV=1), from ``level`` up (KAIHOOKS_LOG_LEVEL)."""
     handler = logging.StreamHandler(sys.stderr)
     if dev:
         handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -49,4 +49,4 @@ def configure_logging(dev: bool = False, level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())

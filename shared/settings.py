@@ -6,7 +6,7 @@ import base64
 import binascii
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # Strict-Transport-Security max-age on every response (not sent with KAIHOOKS_DEV; 0: never sent).
     hsts_max_age_s: int = Field(365 * 86400, ge=0)
     access_log: bool = False  # one log line per request (method, path, status, time, client address)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # the least severe level logged
 
     # Delivery.
     endpoint_max_in_flight: int = Field(10, ge=1)  # concurrent requests to one endpoint, per worker
@@ -144,6 +145,14 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"KAIHOOKS_TRUSTED_PROXIES: not an address or CIDR: {text!r}") from None
         return tuple(networks)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_log_level(cls, value: object) -> object:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"KAIHOOKS_LOG_LEVEL must be debug, info, warning or error, not {value!r}")
+        return text
 
     @field_validator("key_cache_ttl_s")
     @classmethod
