@@ -40,9 +40,11 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python chaos/run.py $(if $(QUICK),--quick,)
 
+# mypy twice: for the oldest Python supported and the newest (the standard library's types differ).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy --python-version 3.13
 
 # dev.txt: every Python from 3.11 to 3.13 on every platform (one universal resolution);
 # runtime.txt: what a deployment installs beside the wheel; lowest.txt: the lowest versions pyproject.toml allows.

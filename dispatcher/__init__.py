@@ -1,1 +1,2 @@
-"""The arq worker: fan-out, signing, delivery, retries and sweepers."""
+"""The worker process: the delivery engine (claim, sign, send, record, retry: ``engine.py`` and its stages)
+and the housekeeping crons (``crons.py``, on arq)."""

@@ -1,4 +1,4 @@
-"""``python -m dispatcher``: run the arq worker (the Procfile's ``worker``)."""
+"""``python -m dispatcher``: run the worker, the delivery engine and its crons (the Procfile's ``worker``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dispatcher's housekeeping crons (run by arq). Each is safe to run twice."""
+"""The bodies of the housekeeping crons (``dispatcher.crons`` schedules them). Each is safe to run twice."""
 
 from __future__ import annotations
 

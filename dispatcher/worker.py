@@ -1,30 +1,24 @@
 """The dispatcher process: the delivery engine (Postgres only: it claims due deliveries when notified
-and at every poll) and an arq worker running the housekeeping crons (Redis). Losing Redis pauses only
-the crons."""
+and at every poll) and the housekeeping crons (``dispatcher.crons``, on arq and Redis). Losing Redis pauses
+only the crons."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 from typing import Any
 
 import prometheus_client
-from arq.connections import RedisSettings
-from arq.cron import cron
-from arq.worker import Worker
 
-from dispatcher import jobs, send
+from dispatcher import crons, send
 from dispatcher.engine import Engine
 from shared.db import create_pool
 from shared.settings import Settings
 
 log = logging.getLogger("kaihooks.dispatcher")
 
-JOB_GRACE_S = 5.0  # how long running crons may take to finish at stop
-RECONNECT_MAX_S = 10.0
 
 
 async def startup(settings: Settings) -> dict[str, Any]:
@@ -51,67 +45,15 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker stopped")
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``arq.Worker`` (the shared resources are passed as ``ctx``)."""
-    return {
-        "functions": [],
-        "cron_jobs": [
-            cron(jobs.disable_failing_endpoints, minute=set(range(0, 60, 10)), second=0, run_at_startup=True),
-            cron(jobs.prune_sessions, minute=set(range(0, 60, 10)), second=30),
-            cron(jobs.apply_retention, minute=17, second=0, run_at_startup=False),
-        ],
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "job_timeout": max(60, int(settings.delivery_timeout * 6)),
-        "keep_result": 0,
-        "max_jobs": 50,
-        "poll_delay": settings.queue_poll_s,
-        "queue_name": settings.queue_name,
-        # serve() handles signals and shutdown: arq's own would skip on_shutdown when a job is running.
-        "handle_signals": False,
-    }
-
-
-async def _run_arq(worker: Worker, stop: asyncio.Event) -> bool:
-    """Run arq until it fails (True: Redis trouble, try again) or ``stop`` is set (False)."""
-    running = asyncio.create_task(worker.async_run())
-    stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    failed = running in done and running.exception() is not None
-    if failed:
-        log.warning("the job queue stopped (Redis unreachable?); deliveries go on from Postgres; reconnecting",
-                    exc_info=running.exception())
-    else:
-        # Let arq leave its loop by itself (burst mode with nothing more to start): it then waits for
-        # its running jobs and releases its Redis connections. Cancelling it mid-poll could leak one.
-        worker.burst, worker.max_burst_jobs = True, 0
-        _, late = await asyncio.wait({running}, timeout=JOB_GRACE_S)
-        if late:
-            for task in worker.tasks.values():
-                task.cancel()
-            running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-    with contextlib.suppress(Exception):
-        await worker.pool.aclose(close_connection_pool=True)
-    return failed and not stop.is_set()
-
-
 async def serve(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set, then shut down in order: no more arq jobs, running ones finish,
+    """Run until ``stop`` is set, then shut down in order: no more crons, running ones finish,
     the engine finishes or hands back its deliveries, connections close. ``ready`` is set once
-    the engine runs. If Redis goes away, arq is restarted with backoff; deliveries never stop."""
+    the engine runs. If Redis goes away, the crons wait for it; deliveries never stop."""
     ctx = await startup(settings)
     if ready is not None:
         ready.set()
     try:
-        backoff = 0.5
-        while not stop.is_set():
-            if not await _run_arq(Worker(**worker_options(settings), ctx=ctx), stop):
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(RECONNECT_MAX_S, backoff * 2)
+        await crons.run(settings, ctx, stop)
     finally:
         await shutdown(ctx)
 

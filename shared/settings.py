@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     circuit_timeouts: int = Field(2, ge=1)  # ...or consecutive timeouts (a hanging endpoint ties up a slot each)
     circuit_open_s: float = Field(30.0, gt=0)  # how long deliveries to it are deferred, doubling to 10 min
     worker_poll_s: float = Field(0.5, gt=0)  # how often a worker looks for due retries (new work: notified)
-    queue_poll_s: float = Field(0.5, gt=0)  # how often the worker's arq side checks its crons
+    queue_poll_s: float = Field(0.5, gt=0)  # how soon a due cron starts (how often arq polls its Redis queue)
     queue_name: str = "arq:queue"  # the arq queue of the crons (give each deployment sharing a Redis its own)
     # Attempts, settled deliveries and events older than this many days are deleted (hourly, in batches).
     retention_days: int = Field(30, ge=1)

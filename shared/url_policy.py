@@ -23,7 +23,6 @@ _METADATA = {
 _SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed privately; not flagged by ipaddress
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 _MAX_URL_LENGTH = 2048
 
 

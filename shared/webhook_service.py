@@ -24,8 +24,6 @@ from shared.url_policy import UrlRefused, check_url
 
 log = logging.getLogger("kaihooks.webhooks")
 
-MAX_GRACE_S = 7 * 86400
-DEFAULT_GRACE_S = 86400
 TEST_DATA = {"message": "A test event from KaiCalls. If you can read this, your endpoint receives webhooks."}
 
 

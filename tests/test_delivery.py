@@ -1,4 +1,4 @@
-"""Webhook delivery end to end: real API, real arq worker, real receivers on 127.0.0.1."""
+"""Webhook delivery end to end: real API, real worker (engine and crons), real receivers on 127.0.0.1."""
 
 from __future__ import annotations
 

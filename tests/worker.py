@@ -1,4 +1,4 @@
-"""A real dispatcher (arq worker and delivery engine), run in the test's event loop."""
+"""A real dispatcher (delivery engine and crons), run in the test's event loop."""
 
 from __future__ import annotations
 

@@ -25,11 +25,3 @@ async def record(
         business_id, actor_user_id, actor_key_id, action, target_id, ip, details or {},
     )
 
-
-async def for_business(db: Executor, business_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
-    rows = await db.fetch(
-        """SELECT action, actor_user_id, actor_key_id, target_id, ip, details, created_at
-           FROM audit_log WHERE business_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2""",
-        business_id, limit,
-    )
-    return [dict(r) for r in rows]
