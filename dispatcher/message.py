@@ -29,12 +29,7 @@ def envelope(event_id: uuid.UUID, event_type: str, business_id: uuid.UUID, occur
 
 def signed_headers(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """One ``v1,`` signature per live secret (several during a rotation)."""
-    return {
-        "content-type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": signing.signature_header(keys, msg_id, timestamp, body),
-    }
+    return signing.request_headers(msg_id, timestamp, signing.signature_header(keys, msg_id, timestamp, body))
 
 
 class SecretKeys:

@@ -67,7 +67,9 @@ async def create_endpoint(
 
 
 async def update_endpoint(db: asyncpg.Pool, settings: Settings, business_id: uuid.UUID, endpoint_id: uuid.UUID,
-                          changes: dict[str, Any], actor: dict[str, Any]) -> Endpoint:
+                          changes: dict[str, Any], actor: dict[str, Any], by: str | None = None) -> Endpoint:
+    """Change an endpoint (enabling it among the changes), with its audit entry; ``by`` names an operator who
+    is neither a user nor a key (``cli:<user>@<host>``)."""
     if "url" in changes:
         changes["url"] = _checked_url(settings, changes["url"])
     async with db.acquire() as conn, conn.transaction():
@@ -75,7 +77,8 @@ async def update_endpoint(db: asyncpg.Pool, settings: Settings, business_id: uui
         if endpoint is None:
             raise NotFound("No such endpoint.")
         await audit.record(conn, action="endpoint.updated", business_id=business_id, target_id=endpoint.public_id,
-                           details={k: v for k, v in changes.items() if k != "event_types"}, **actor)
+                           details={**{k: v for k, v in changes.items() if k != "event_types"},
+                                    **({"actor": by} if by is not None else {})}, **actor)
     return endpoint
 
 

@@ -47,8 +47,9 @@ async def test_user_create_for_an_existing_user_ends_sessions_only_if_the_passwo
     assert same.returncode == 0, same.stderr
     assert (await tenant.owner.get("/v1/me")).status == 200
     changed = await kaihooks(settings, "user", "create", tenant.owner_email, "--business", tenant.business_id,
-                             "--role", "owner", "--password-stdin", stdin="another fine passphrase\n")
+                             "--role", "owner", "--password-stdin", "--json", stdin="another fine passphrase\n")
     assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["sessions_ended"] == 1
     assert (await tenant.owner.get("/v1/me")).status == 401
 
 
@@ -68,20 +69,24 @@ async def test_sessions_list_then_revoke_one_then_all(tenant: Tenant, server: Te
         assert (await tenant.owner.get("/v1/me")).status == 200
         r = await kaihooks(settings, "sessions", "revoke", tenant.owner_email, newest)
         assert r.returncode != 0 and "no such session" in r.stderr
-        r = await kaihooks(settings, "sessions", "revoke", tenant.owner_email, "--all")
-        assert r.returncode == 0 and "1 session(s)" in r.stdout
+        r = await kaihooks(settings, "sessions", "revoke", tenant.owner_email, "--all", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"email": tenant.owner_email, "sessions_ended": 1}
         assert (await tenant.owner.get("/v1/me")).status == 401
 
 
 async def test_sessions_commands_refuse_bad_input_in_one_line(settings: Settings) -> None:
-    for args, fragment in [
-        (["sessions", "list", "nobody@example.test"], "no such user"),
-        (["sessions", "revoke", "nobody@example.test", "--all"], "no such user"),
-        (["sessions", "revoke", "someone@example.test"], "--all"),
-        (["sessions", "revoke", "someone@example.test", "ses_nope"], "not a session id"),
-        (["user", "set-password", "nobody@example.test"], "--password-stdin"),
+    for args, status, fragment in [
+        (["sessions", "list", "nobody@example.test"], 1, "no such user"),
+        (["sessions", "revoke", "nobody@example.test", "--all"], 1, "no such user"),
+        (["user", "set-password", "nobody@example.test", "--password-stdin"], 1, "no such user"),
+        (["sessions", "revoke", "someone@example.test"], 2, "--all"),
+        (["sessions", "revoke", "someone@example.test", "ses_nope"], 2, "not a session id"),
+        (["sessions", "revoke", "someone@example.test", "ses_01m8ent7x6ex6as0an1vy12zbk", "--all"], 2,
+         "not allowed with"),
+        (["user", "set-password", "nobody@example.test"], 2, "--password-stdin"),
     ]:
-        r = await kaihooks(settings, *args)
-        assert r.returncode != 0
+        r = await kaihooks(settings, *args, stdin="a long enough password\n")
+        assert r.returncode == status, (args, r.returncode, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert fragment in r.stderr, (args, r.stderr)

@@ -78,6 +78,13 @@ async def get(db: Executor, business_id: uuid.UUID, endpoint_id: uuid.UUID) -> E
     return _endpoint(row) if row else None
 
 
+async def newest(db: Executor, business_id: uuid.UUID | None, limit: int) -> list[Endpoint]:
+    """The newest endpoints of one business or, with ``business_id`` None, of all (for the CLI)."""
+    rows = await db.fetch(f"""SELECT {_COLUMNS} FROM endpoints WHERE ($1::uuid IS NULL OR business_id = $1)
+                              ORDER BY created_at DESC, id DESC LIMIT $2""", business_id, limit)
+    return [_endpoint(r) for r in rows]
+
+
 async def get_any(db: Executor, endpoint_id: uuid.UUID) -> Endpoint | None:
     """By id alone: for the CLI and the dispatcher, which act across businesses."""
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM endpoints WHERE id = $1", endpoint_id)
