@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -77,3 +78,15 @@ def test_configure_logging_sets_the_root_level(level: str) -> None:
     finally:
         root.handlers[:] = handlers
         root.setLevel(before)
+
+
+@pytest.mark.parametrize(("level", "shown"), [(None, False), ("debug", True), ("nonsense", False)])
+def test_the_cli_logs_from_warning_up_unless_the_level_says_otherwise(level: str | None, shown: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAIHOOKS_LOG_LEVEL"}
+    if level is not None:
+        env["KAIHOOKS_LOG_LEVEL"] = level
+    done = subprocess.run([sys.executable, "-m", "shared.cli", "secret-key"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    # asyncio says which selector it uses at debug level, as the command's event loop starts
+    assert ("Using selector" in done.stderr) is shown

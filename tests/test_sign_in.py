@@ -99,3 +99,10 @@ async def test_the_bound_admits_a_queue_and_refuses_past_it() -> None:
     release.set()
     results = await asyncio.gather(*(t for t in tasks if t not in refused))
     assert results == [True, True, True] and most == 2
+
+
+def test_an_unknown_email_costs_a_full_check_with_the_hashers_own_parameters() -> None:
+    from shared import passwords
+
+    assert not passwords._hasher.check_needs_rehash(passwords._DUMMY_HASH)
+    assert passwords.verify_password(None, "kaihooks-timing-equaliser") is False

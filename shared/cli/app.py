@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -250,7 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared.cli import base
     from shared.errors import KaihooksError, ValidationFailed
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Commands print their results; their logs start at warning unless KAIHOOKS_LOG_LEVEL says otherwise (an
+    # unknown level is refused with the rest of the configuration by the commands that read it).
+    level = os.environ.get("KAIHOOKS_LOG_LEVEL", "warning").strip().upper()
+    logging.basicConfig(level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "WARNING",
+                        stream=sys.stderr)
     try:
         asyncio.run(base.run(handler(args.handler), args))
     except (base.UsageError, ValidationFailed) as exc:  # a service refusing a value given: the usage is wrong
