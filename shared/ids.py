@@ -14,9 +14,6 @@ import uuid
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _VALID = frozenset(_ALPHABET)
 
-PREFIXES = frozenset({"biz", "key", "ep", "evt", "dlv", "usr", "rcv", "ses"})
-
-
 _last = 0
 _random = random.Random(os.urandom(32))  # ids need uniqueness, not secrecy: no syscall per id
 
