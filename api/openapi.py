@@ -1,4 +1,7 @@
-"""The OpenAPI 3.1 document, generated from the declared routes and their pydantic models."""
+"""The OpenAPI 3.1 document, generated from the declared routes and their pydantic models.
+
+Pages for people (``Operation.page``: the dashboard, the errors page) are not API operations and are left out.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pydantic import BaseModel
 from api.routing import Operation
 from api.schemas import Problem
 from shared import __version__
+from shared.errors import ERRORS_PATH
 
 _REF = "#/components/schemas/{model}"
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -38,7 +42,7 @@ def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> di
 
 
 def _problem_response(components: dict[str, Any]) -> dict[str, Any]:
-    return {"description": "Problem details (RFC 9457)",
+    return {"description": f"Problem details (RFC 9457); each code is explained at {ERRORS_PATH}",
             "content": {"application/problem+json": {"schema": _schema(Problem, components, "serialization")}}}
 
 
@@ -80,11 +84,14 @@ def build(operations: list[Operation]) -> dict[str, Any]:
     components: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
+        if not op.page:
+            paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": "kaihooks", "version": __version__,
-                 "description": "API keys and signed webhooks for KaiCalls businesses."},
+                 "description": "API keys and signed webhooks for KaiCalls businesses. Every error is RFC 9457 "
+                                f"problem details whose `type` is {ERRORS_PATH}#<code>, the code's entry on the "
+                                f"errors page ({ERRORS_PATH})."},
         "paths": paths,
         "components": {
             "schemas": dict(sorted(components.items())),

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from shared import ids
 from shared.apikeys import SCOPES
+from shared.errors import CODES, ERRORS_PATH
 from shared.events import PUBLISHABLE_TYPES, CallStatus, EventBatchIn, EventIn, EventType
 from shared.models import ApiKey, Business, Endpoint, Membership, Role, User
 from shared.repos.health import Health
@@ -28,11 +29,13 @@ class Body(BaseModel):
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
-    type: str
+    type: str = Field(description=f"{ERRORS_PATH}#<code>: where the code is explained (a full-path reference)",
+                      json_schema_extra={"format": "uri-reference"})
     title: str
     status: int
     detail: str
-    code: str
+    code: str = Field(description=f"a stable word to switch on (listed at {ERRORS_PATH})",
+                      json_schema_extra={"enum": list(CODES)})
     errors: list[dict[str, Any]] | None = None
     limit: dict[str, Any] | None = Field(
         default=None, description='a limit that was reached: {"name", "max"} (docs/security.md)')

@@ -50,6 +50,7 @@ from schemathesis.specs.openapi.checks import (
 
 from shared import ids
 from shared.apikeys import SCOPES
+from shared.errors import CODES
 from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, ago, create_business
 
 SESSION_COOKIE = "kaihooks_session"
@@ -161,6 +162,8 @@ def _check_problem(report: FuzzReport, label: str, case: schemathesis.Case, resp
             kind = f"{status} is not application/problem+json"
         elif not isinstance(body, dict) or not PROBLEM_KEYS <= set(body) or body.get("status") != status:
             kind = f"{status} problem lacks one of {sorted(PROBLEM_KEYS)} or has the wrong status"
+        elif body["code"] not in CODES or body["type"] != CODES[body["code"]].type:
+            kind = f"{status} problem's code {body['code']!r} is not registered or its type is not the code's"
     if kind is not None:
         report.fail(label, kind, f"found by: {tag}\n{_describe(case, response)}")
 
@@ -304,8 +307,8 @@ class Fuzzer:
                     case.path_parameters["business_id"] = creds.business_id
                 elif pick == 8:  # a real business the owner is no member of
                     case.path_parameters["business_id"] = creds.other_business_id
-            for name, known in existing.items():
-                if known and data.draw(st.integers(0, 2)) == 0:  # now and then, something that exists
+            for name, known in existing.items():  # now and then, something that exists
+                if known and data.draw(st.integers(0, 2)) == 0:
                     case.path_parameters[name] = data.draw(st.sampled_from(known))
             if data.draw(st.integers(0, 4)):
                 _aim_body(case, creds.business_id)
@@ -580,7 +583,8 @@ class Expect:
         body = r.body if isinstance(r.body, dict) else {}
         ctype = r.headers.get("Content-Type", "")
         if (r.status != status or not ctype.startswith("application/problem+json") or not PROBLEM_KEYS <= set(body)
-                or body["status"] != status or body["code"] != code or not body["detail"]):
+                or body["status"] != status or body["code"] != code or not body["detail"]
+                or body["type"] != CODES[code].type):
             faults.append(f"answered {r.status} [{ctype}] {r.raw[:200]!r}")
         if faults:
             self.wrong.append(f"{what}: expected {status} {code}, but " + "; ".join(faults))
