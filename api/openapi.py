@@ -1,6 +1,8 @@
 """The OpenAPI 3.1 document, generated from the declared routes and their pydantic models.
 
-Pages for people (``Operation.page``: the dashboard, the errors page) are not API operations and are left out.
+Parameters take their schemas from pydantic too: query parameters from the route's query model, path
+parameters from ``api.schemas.PathParameters`` (a path parameter it does not name is an error here). Pages
+for people (``Operation.page``: the dashboard, the errors page) are not API operations and are left out.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.routing import Operation
-from api.schemas import Problem
+from api.schemas import PathParameters, Problem
 from shared import __version__
 from shared.errors import ERRORS_PATH
 
@@ -41,6 +43,30 @@ def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> di
     return {"$ref": _REF.format(model=model.__name__)}
 
 
+def _parameters(model: type[BaseModel], where: str, names: list[str], components: dict[str, Any]) -> list[Any]:
+    """OpenAPI parameters for ``names``, each with its field's JSON schema. A query string has no null:
+    an optional parameter is one left out, so the null branch of ``X | None`` and a null default go."""
+    schema = model.model_json_schema(ref_template=_REF, mode="validation")
+    components.update(schema.pop("$defs", {}))
+    required = set(schema.get("required", ()))
+    out = []
+    for name in names:
+        field = dict(schema["properties"][name])
+        field.pop("title", None)
+        description = field.pop("description", "")
+        branches = [branch for branch in field.get("anyOf", ()) if branch != {"type": "null"}]
+        if len(branches) == 1:
+            del field["anyOf"]
+            field = {**branches[0], **field}
+        if "default" in field and field["default"] is None:
+            del field["default"]
+        parameter = {"name": name, "in": where, "required": where == "path" or name in required, "schema": field}
+        if description:
+            parameter["description"] = description
+        out.append(parameter)
+    return out
+
+
 def _problem_response(components: dict[str, Any]) -> dict[str, Any]:
     return {"description": f"Problem details (RFC 9457); each code is explained at {ERRORS_PATH}",
             "content": {"application/problem+json": {"schema": _schema(Problem, components, "serialization")}}}
@@ -52,16 +78,11 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
         "summary": op.summary,
         "tags": [op.tag],
         "security": _SECURITY[op.auth],
-        "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _PARAM.findall(op.path)
-        ],
+        "parameters": _parameters(PathParameters, "path", _PARAM.findall(op.path), components),
         "responses": {},
     }
     if op.query is not None:
-        for name, field in op.query.model_fields.items():
-            doc["parameters"].append({"name": name, "in": "query", "required": False,
-                                      "description": field.description or "", "schema": {"type": "string"}})
+        doc["parameters"] += _parameters(op.query, "query", list(op.query.model_fields), components)
     if op.body is not None:
         doc["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": _schema(op.body, components, "validation")}}}

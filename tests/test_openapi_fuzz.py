@@ -4,7 +4,10 @@ The fuzzer loads /openapi.json from the running server and, for every documented
 operation (but sign-out, tested on its own below), sends schemathesis' deterministic
 coverage cases and then positive and negative Hypothesis-generated requests, mostly
 with valid credentials, the tenant's real business id and ids of things that exist,
-so that they get past authentication into the handlers' own validation. Every
+so that they get past authentication into the handlers' own validation (a path id that a
+negative case broke on purpose, against the prefix and shape the document gives every id,
+goes out as generated). Query parameters are typed (integers with bounds, enums, date-times),
+so positive cases are valid requests and negative ones are invalid for a reason. Every
 response must be below 500, every 4xx a problem+json with the contract's keys, and
 every response must match the document (status code, media type, headers, body
 schema); data the document calls invalid must be refused (the limits it states
@@ -37,6 +40,8 @@ import schemathesis
 from aiohttp.test_utils import TestServer
 from hypothesis import strategies as st
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.generation.meta import negated_parameters
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import (
     allow_header_conformance,
@@ -300,15 +305,17 @@ class Fuzzer:
         )
         @hypothesis.given(case=operation.as_strategy(generation_mode=mode), data=st.data())
         def run(case: schemathesis.Case, data: st.DataObject) -> None:
+            # A path id made invalid on purpose (the ids' patterns) goes out as generated: it must be refused.
+            negated = {name for name, location in negated_parameters(case.meta) if location == ParameterLocation.PATH}
             _authenticate(case, schemes, creds, data.draw(st.sampled_from(_HOW)))
-            if "business_id" in case.path_parameters:
+            if "business_id" in case.path_parameters and "business_id" not in negated:
                 pick = data.draw(st.integers(0, 9))
                 if pick < 8:  # mostly the tenant's own business, so the handler's validation is fuzzed
                     case.path_parameters["business_id"] = creds.business_id
                 elif pick == 8:  # a real business the owner is no member of
                     case.path_parameters["business_id"] = creds.other_business_id
             for name, known in existing.items():  # now and then, something that exists
-                if known and data.draw(st.integers(0, 2)) == 0:
+                if known and name not in negated and data.draw(st.integers(0, 2)) == 0:
                     case.path_parameters[name] = data.draw(st.sampled_from(known))
             if data.draw(st.integers(0, 4)):
                 _aim_body(case, creds.business_id)
