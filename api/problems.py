@@ -1,4 +1,5 @@
-"""One middleware turns every error into RFC 9457 problem details."""
+"""One middleware turns every error into RFC 9457 problem details, each with a code of
+``shared.errors.CODES`` and that code's ``type`` (``/docs/errors#<code>``) and title."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from shared import redis_client
-from shared.errors import KaihooksError
+from shared.errors import CODES, KaihooksError
 
 log = logging.getLogger("kaihooks.api")
 
+# aiohttp's own refusals (the router's 404 and 405, a body over the app-wide cap), by status. Any other
+# status keeps its status under the nearest code: bad_request for a 4xx, internal_error for a 5xx.
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -53,10 +56,13 @@ _UNAVAILABLE = (
 )
 
 
-def problem(
-    status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code, **extra}
+def problem(code: str, detail: str, headers: dict[str, str] | None = None, *, status: int | None = None,
+            **extra: Any) -> web.Response:
+    """A problem+json answer for one of the registry's codes (with its status, unless ``status`` says
+    otherwise: an HTTP-level refusal with no code of its own)."""
+    entry = CODES[code]
+    status = status or entry.status
+    body = {"type": entry.type, "title": entry.title, "status": status, "detail": detail, "code": code, **extra}
     return web.Response(
         status=status,
         body=orjson.dumps(body),
@@ -70,31 +76,29 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except KaihooksError as exc:
-        return problem(exc.status, exc.code, exc.title, exc.detail, exc.headers, **exc.extra())
+        return problem(exc.code, exc.detail, exc.headers, **exc.extra())
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "error")
-        detail = _DETAILS.get(exc.status, exc.reason).format(method=request.method)
+        code = _HTTP_CODES.get(exc.status, "internal_error" if exc.status >= 500 else "bad_request")
+        detail = _DETAILS.get(exc.status, f"{exc.reason}.").format(method=request.method)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return problem(exc.status, code, exc.reason, detail, headers)
+        return problem(code, detail, headers, status=exc.status)
     except (asyncpg.exceptions.DataError, OverflowError):
         # A value Postgres cannot hold (a NUL in a path segment, a date out of range) that no
         # earlier check caught: the transaction rolled back, so it is the client's input to fix.
         log.warning("unstorable value in request", exc_info=True, extra={"path": request.path})
-        return problem(422, "validation_error", "Validation error",
+        return problem("validation_error",
                        "A value in the request cannot be stored (out of range or containing NUL).",
                        errors=[{"loc": ["request"], "msg": "a value cannot be stored"}])
     except _UNAVAILABLE:
         log.warning("dependency unavailable", exc_info=True, extra={"path": request.path})
-        return problem(503, "service_unavailable", "Service unavailable",
-                       "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
+        return problem("service_unavailable", "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
     except redis.exceptions.ResponseError as exc:
         # Redis answering an error (out of memory, read-only after a failover) where nothing could carry on
         # without it (say, a key's revocation marker): as unavailable as a Redis that is down.
         redis_client.note_failure("request", exc)
-        return problem(503, "service_unavailable", "Service unavailable",
-                       "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
+        return problem("service_unavailable", "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return problem(500, "internal_error", "Internal error", "Something went wrong on our side.")
+        return problem("internal_error", "Something went wrong on our side.")

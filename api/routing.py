@@ -30,16 +30,22 @@ class Operation:
     errors: tuple[int, ...] = field(default_factory=tuple)
     # Other success statuses, answered with the same response body (e.g. 200 for a dry run).
     also: tuple[int, ...] = field(default_factory=tuple)
+    # A page for people (HTML, or a page's asset) rather than an API operation: not in the OpenAPI document.
+    page: bool = False
 
 
 class Routes:
-    """A module's routes: ``@routes.get("/v1/me", summary=..., auth="key_or_session", response=Me)``."""
+    """A module's routes: ``@routes.get("/v1/me", summary=..., auth="key_or_session", response=Me)``.
+    ``Routes(tag, pages=True)``: every route of the group is a page (see ``Operation.page``)."""
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, *, pages: bool = False) -> None:
         self.tag = tag
+        self.pages = pages
         self.operations: list[Operation] = []
 
     def add(self, method: str, path: str, **meta: object) -> Callable[[Handler], Handler]:
+        meta.setdefault("page", self.pages)
+
         def register(handler: Handler) -> Handler:
             self.operations.append(
                 Operation(method=method, path=path, handler=handler, tag=self.tag, **meta)  # type: ignore[arg-type]

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictBool,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from shared import ids
 from shared.apikeys import SCOPES
-from shared.events import PUBLISHABLE_TYPES, CallStatus, EventBatchIn, EventIn, EventType
+from shared.errors import CODES, ERRORS_PATH
+from shared.events import PUBLISHABLE_TYPES, CallStatus, EventBatchIn, EventIn, EventType, Id
 from shared.models import ApiKey, Business, Endpoint, Membership, Role, User
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.repos.health import Health
 from shared.repos.notices import Notice
 from shared.timestamps import Timestamp
@@ -28,11 +40,13 @@ class Body(BaseModel):
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
-    type: str
+    type: str = Field(description=f"{ERRORS_PATH}#<code>: where the code is explained (a full-path reference)",
+                      json_schema_extra={"format": "uri-reference"})
     title: str
     status: int
     detail: str
-    code: str
+    code: str = Field(description=f"a stable word to switch on (listed at {ERRORS_PATH})",
+                      json_schema_extra={"enum": list(CODES)})
     errors: list[dict[str, Any]] | None = None
     limit: dict[str, Any] | None = Field(
         default=None, description='a limit that was reached: {"name", "max"} (docs/security.md)')
@@ -158,10 +172,31 @@ def api_key_out(k: ApiKey) -> dict[str, Any]:
     }
 
 
+def _digits(value: Any) -> Any:
+    """A query's integer as a client writes one, in ASCII digits (int() would also take ' 5', '+5', '1_0')."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("int_parsing", "Input should be an integer written in digits")
+    return value
+
+
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    limit: str | None = Field(default=None, description="1-100, default 20")
-    cursor: str | None = None
+    limit: Annotated[int, BeforeValidator(_digits)] = Field(
+        default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="how many items a page holds at most")
+    cursor: str | None = Field(default=None, description="the next_cursor of the previous page")
+
+
+class PathParameters(BaseModel):
+    """Every route's path parameters, by name, as the OpenAPI document describes them: the service's ids
+    are type-prefixed (shared/ids.py); agents, calls and leads keep the ids their publisher gave them."""
+
+    business_id: str = Field(pattern=ids.pattern("biz"))
+    key_id: str = Field(pattern=ids.pattern("key"))
+    endpoint_id: str = Field(pattern=ids.pattern("ep"))
+    event_id: str = Field(pattern=ids.pattern("evt"))
+    delivery_id: str = Field(pattern=ids.pattern("dlv"))
+    job_id: str = Field(pattern=ids.pattern("rcv"))
+    item_id: Id = Field(description="the id its publisher gave it")
 
 
 # ---- health -----------------------------------------------------------------
@@ -217,11 +252,27 @@ class EventsQuery(ListQuery):
     type: EventType | None = None
 
 
+# RFC 3339's date-time, as format "date-time" means it (pydantic alone would also take "0" as 1970, or a
+# time without seconds).
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise PydanticCustomError("rfc3339_datetime",
+                                  "Input should be an RFC 3339 date-time with an offset, e.g. 2026-01-01T09:00:00Z")
+    return value
+
+
+QueryTimestamp = Annotated[Timestamp, BeforeValidator(_rfc3339)]
+
+
 class CallsQuery(ListQuery):
     status: CallStatus | None = None
     agent_id: str | None = Field(default=None, max_length=200)
-    since: Timestamp | None = Field(default=None, description="calls started at or after (RFC 3339)")
-    until: Timestamp | None = Field(default=None, description="calls started before (RFC 3339)")
+    since: QueryTimestamp | None = Field(default=None, description="calls started at or after (RFC 3339)")
+    until: QueryTimestamp | None = Field(default=None, description="calls started before (RFC 3339)")
 
 
 # ---- webhooks ---------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Response headers every route gets: no caching of API data, no sniffing, no framing, no CORS, and
 (outside KAIHOOKS_DEV) HTTPS only for a year, subdomains included.
 
-Dashboard pages get a Content-Security-Policy that allows only the service's own scripts, styles and
-API calls (no inline script or style, no other origin); everything else gets one that allows nothing,
-since a JSON or problem body is never meant to run or load anything in a browser.
+Pages (the dashboard's, and the errors page at /docs/errors) get a Content-Security-Policy that allows only
+the service's own scripts, styles and API calls (no inline script or style, no other origin); everything
+else gets one that allows nothing, since a JSON or problem body is never meant to run or load anything in a
+browser.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.context import SETTINGS
+from shared.errors import ERRORS_PATH
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -40,14 +42,14 @@ _DASHBOARD_HEADERS = {
 }
 
 
-def _is_dashboard(path: str) -> bool:
-    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+def _is_page(path: str) -> bool:
+    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/") or path == ERRORS_PATH
 
 
 @web.middleware
 async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
-    extra = _DASHBOARD_HEADERS if _is_dashboard(request.path) else {"Content-Security-Policy": API_CSP}
+    extra = _DASHBOARD_HEADERS if _is_page(request.path) else {"Content-Security-Policy": API_CSP}
     for name, value in (_HEADERS | extra).items():
         response.headers.setdefault(name, value)
     settings = request.app[SETTINGS]

@@ -74,7 +74,6 @@ DATA_MODELS: dict[str, type[_Data]] = {
 }
 PUBLISHABLE_TYPES = tuple(DATA_MODELS)
 TEST_TYPE = "webhook.test"  # sent by the test route only; never published, never listed
-EVENT_TYPES = (*PUBLISHABLE_TYPES, TEST_TYPE)
 
 EventType = Literal[
     "agent.created", "agent.updated", "agent.deleted",

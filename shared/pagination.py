@@ -63,14 +63,6 @@ def decode_cursor(cursor: str) -> Position:
         raise ValidationFailed.at(["query", "cursor"], "cursor is not valid") from None
 
 
-def parse_limit(text: str | None) -> int:
-    if text is None:
-        return DEFAULT_LIMIT
-    if not (text.isascii() and text.isdigit() and len(text) <= 3) or not 1 <= int(text) <= MAX_LIMIT:
-        raise ValidationFailed.at(["query", "limit"], f"limit must be an integer from 1 to {MAX_LIMIT}")
-    return int(text)
-
-
 def paginate(rows: list[T], limit: int, position_of: Callable[[T], Position]) -> Page[T]:
     """Rows were fetched with ``LIMIT limit + 1``: the extra one only says a next page exists."""
     if len(rows) > limit:

@@ -4,7 +4,10 @@ The fuzzer loads /openapi.json from the running server and, for every documented
 operation (but sign-out, tested on its own below), sends schemathesis' deterministic
 coverage cases and then positive and negative Hypothesis-generated requests, mostly
 with valid credentials, the tenant's real business id and ids of things that exist,
-so that they get past authentication into the handlers' own validation. Every
+so that they get past authentication into the handlers' own validation (a path id that a
+negative case broke on purpose, against the prefix and shape the document gives every id,
+goes out as generated). Query parameters are typed (integers with bounds, enums, date-times),
+so positive cases are valid requests and negative ones are invalid for a reason. Every
 response must be below 500, every 4xx a problem+json with the contract's keys, and
 every response must match the document (status code, media type, headers, body
 schema); data the document calls invalid must be refused (the limits it states
@@ -37,6 +40,8 @@ import schemathesis
 from aiohttp.test_utils import TestServer
 from hypothesis import strategies as st
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.generation.meta import negated_parameters
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import (
     allow_header_conformance,
@@ -50,6 +55,7 @@ from schemathesis.specs.openapi.checks import (
 
 from shared import ids
 from shared.apikeys import SCOPES
+from shared.errors import CODES
 from tests.helpers import INTERNAL_TOKEN, Api, Resp, Tenant, ago, create_business
 
 SESSION_COOKIE = "kaihooks_session"
@@ -161,6 +167,8 @@ def _check_problem(report: FuzzReport, label: str, case: schemathesis.Case, resp
             kind = f"{status} is not application/problem+json"
         elif not isinstance(body, dict) or not PROBLEM_KEYS <= set(body) or body.get("status") != status:
             kind = f"{status} problem lacks one of {sorted(PROBLEM_KEYS)} or has the wrong status"
+        elif body["code"] not in CODES or body["type"] != CODES[body["code"]].type:
+            kind = f"{status} problem's code {body['code']!r} is not registered or its type is not the code's"
     if kind is not None:
         report.fail(label, kind, f"found by: {tag}\n{_describe(case, response)}")
 
@@ -297,15 +305,17 @@ class Fuzzer:
         )
         @hypothesis.given(case=operation.as_strategy(generation_mode=mode), data=st.data())
         def run(case: schemathesis.Case, data: st.DataObject) -> None:
+            # A path id made invalid on purpose (the ids' patterns) goes out as generated: it must be refused.
+            negated = {name for name, location in negated_parameters(case.meta) if location == ParameterLocation.PATH}
             _authenticate(case, schemes, creds, data.draw(st.sampled_from(_HOW)))
-            if "business_id" in case.path_parameters:
+            if "business_id" in case.path_parameters and "business_id" not in negated:
                 pick = data.draw(st.integers(0, 9))
                 if pick < 8:  # mostly the tenant's own business, so the handler's validation is fuzzed
                     case.path_parameters["business_id"] = creds.business_id
                 elif pick == 8:  # a real business the owner is no member of
                     case.path_parameters["business_id"] = creds.other_business_id
-            for name, known in existing.items():
-                if known and data.draw(st.integers(0, 2)) == 0:  # now and then, something that exists
+            for name, known in existing.items():  # now and then, something that exists
+                if known and name not in negated and data.draw(st.integers(0, 2)) == 0:
                     case.path_parameters[name] = data.draw(st.sampled_from(known))
             if data.draw(st.integers(0, 4)):
                 _aim_body(case, creds.business_id)
@@ -580,7 +590,8 @@ class Expect:
         body = r.body if isinstance(r.body, dict) else {}
         ctype = r.headers.get("Content-Type", "")
         if (r.status != status or not ctype.startswith("application/problem+json") or not PROBLEM_KEYS <= set(body)
-                or body["status"] != status or body["code"] != code or not body["detail"]):
+                or body["status"] != status or body["code"] != code or not body["detail"]
+                or body["type"] != CODES[code].type):
             faults.append(f"answered {r.status} [{ctype}] {r.raw[:200]!r}")
         if faults:
             self.wrong.append(f"{what}: expected {status} {code}, but " + "; ".join(faults))

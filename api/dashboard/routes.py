@@ -13,7 +13,7 @@ from aiohttp import web
 
 from api.routing import Routes
 
-routes = Routes("dashboard")
+routes = Routes("dashboard", pages=True)  # none of it is in the OpenAPI document
 _HERE = Path(__file__).parent
 _HTML = "text/html"
 # The files served from assets/, with their media types (each its own route: nothing else there is reachable).
@@ -54,7 +54,7 @@ def _asset_route(name: str, content_type: str) -> None:
         response.headers["Cache-Control"] = "no-cache"
         return response
 
-    asset.__name__ = "asset_" + name.replace(".", "_")  # the OpenAPI operationId
+    asset.__name__ = "asset_" + name.replace(".", "_")  # a name of its own in tracebacks
     routes.get(f"/dashboard/assets/{name}", summary=f"Dashboard asset: {name}", auth="none")(asset)
 
 

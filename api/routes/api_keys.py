@@ -12,7 +12,7 @@ from api.schemas import ApiKeyCreatedOut, ApiKeyIn, ApiKeyList, ListQuery, api_k
 from shared import ids
 from shared.api_key_service import create_key, delete_key
 from shared.errors import NotFound
-from shared.pagination import decode_cursor, parse_limit
+from shared.pagination import decode_cursor
 from shared.repos import api_keys as key_repo
 
 routes = Routes("api-keys")
@@ -25,7 +25,7 @@ async def list_keys(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, session_only=True)
     query = parse_query(request, ListQuery)
     after = decode_cursor(query.cursor) if query.cursor else None
-    page = await key_repo.list_page(request.app[DB], access.business_id, parse_limit(query.limit), after)
+    page = await key_repo.list_page(request.app[DB], access.business_id, query.limit, after)
     return render.page([api_key_out(k) for k in page.items], page.next_cursor)
 
 

@@ -13,7 +13,7 @@ from api.schemas import CallsQuery, EventList, EventOut, EventsQuery, ListQuery,
 from shared import ids
 from shared.errors import NotFound
 from shared.events import Kind
-from shared.pagination import decode_cursor, parse_limit
+from shared.pagination import decode_cursor
 from shared.repos import events as event_repo
 from shared.repos import projections
 from shared.repos.events import EventRow
@@ -40,7 +40,7 @@ async def _list(request: web.Request, kind: Kind, calls: CallFilter | None, quer
     if (hit := _cached(request, access)) is not None:
         return hit
     after = decode_cursor(query.cursor) if query.cursor else None
-    page = await projections.list_page(request.app[DB], kind, access.business_id, parse_limit(query.limit),
+    page = await projections.list_page(request.app[DB], kind, access.business_id, query.limit,
                                        after, calls)
     return _cache(request, access, render.page([orjson.Fragment(i.json) for i in page.items], page.next_cursor))
 
@@ -107,7 +107,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     if (hit := _cached(request, access)) is not None:
         return hit
     after = decode_cursor(q.cursor) if q.cursor else None
-    page = await event_repo.list_page(request.app[DB], access.business_id, parse_limit(q.limit), after, q.type)
+    page = await event_repo.list_page(request.app[DB], access.business_id, q.limit, after, q.type)
     return _cache(request, access, render.page([_event(e) for e in page.items], page.next_cursor))
 
 

@@ -1,4 +1,4 @@
-"""Liveness, readiness and the OpenAPI document."""
+"""Liveness, readiness, the OpenAPI document and the errors page."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import asyncio
 import prometheus_client
 from aiohttp import web
 
-from api import auth, render
+from api import auth, errors_page, render
 from api.context import DB, OPENAPI, REDIS
 from api.problems import problem
 from api.routing import Routes
 from api.schemas import AliveOut
+from shared.errors import ERRORS_PATH
 
 routes = Routes("system")
 _CHECK_TIMEOUT_S = 2.0
@@ -39,13 +40,19 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     checks = {"postgres": postgres, "redis": redis}
     if postgres == "ok" and redis == "ok":
         return render.json({"status": "ok", "checks": checks})
-    return problem(503, "service_unavailable", "Service unavailable", "A dependency is unreachable.",
-                   {"Retry-After": "1"}, status_text="unavailable", checks=checks)
+    return problem("service_unavailable", "A dependency is unreachable.", {"Retry-After": "1"},
+                   status_text="unavailable", checks=checks)
 
 
 @routes.get("/openapi.json", summary="This document", auth="none")
 async def openapi(request: web.Request) -> web.StreamResponse:
     return render.json(request.app[OPENAPI])
+
+
+@routes.get(ERRORS_PATH, summary="What each error code means and what to do about it (HTML page)", auth="none",
+            page=True)
+async def errors(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=errors_page.html(), content_type="text/html", charset="utf-8")
 
 
 @routes.get("/metrics", summary="Prometheus metrics of this process (internal token required)", auth="internal")

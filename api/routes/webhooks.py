@@ -37,7 +37,7 @@ from api.schemas import (
 from shared import ids, recovery
 from shared import webhook_service as service
 from shared.errors import NotFound, ValidationFailed
-from shared.pagination import decode_cursor, parse_limit
+from shared.pagination import decode_cursor
 from shared.repos import deliveries as delivery_repo
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import health as health_repo
@@ -75,7 +75,7 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, ListQuery)
     after = decode_cursor(q.cursor) if q.cursor else None
     async with _snapshot(request) as conn:
-        page = await endpoint_repo.list_page(conn, access.business_id, parse_limit(q.limit), after)
+        page = await endpoint_repo.list_page(conn, access.business_id, q.limit, after)
         endpoint_ids = [e.id for e in page.items]
         health = await health_repo.of_endpoints(conn, endpoint_ids)
         notes = await notices.recent(conn, endpoint_ids)
@@ -166,7 +166,7 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
     q = parse_query(request, DeliveriesQuery)
     await service.get_endpoint(request.app[DB], access.business_id, endpoint_id)
     after = decode_cursor(q.cursor) if q.cursor else None
-    page = await delivery_repo.list_for_endpoint(request.app[DB], endpoint_id, parse_limit(q.limit), after, q.status)
+    page = await delivery_repo.list_for_endpoint(request.app[DB], endpoint_id, q.limit, after, q.status)
     return render.page([delivery_out(r) for r in page.items], page.next_cursor)
 
 
