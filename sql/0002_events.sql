@@ -3,7 +3,7 @@
 CREATE TABLE events (
     id               uuid PRIMARY KEY,              -- UUIDv7: also the order of acceptance
     business_id      uuid NOT NULL REFERENCES businesses (id) ON DELETE CASCADE,
-    type             text NOT NULL,                 -- shared.events.EVENT_TYPES
+    type             text NOT NULL,                 -- shared/events.py (the publishable types and the test type)
     data             jsonb NOT NULL,
     idempotency_key  text,
     occurred_at      timestamptz NOT NULL,
