@@ -36,14 +36,23 @@ def timing(quick: bool) -> dict[str, float]:
 
 
 def paced_window(ctx: Context, world: delivery.World, api_port: int, groups: dict[str, list[int]], rate: float,
-                 warmup_s: float, duration_s: float) -> tuple[delivery.Tally, dict[str, float], float, float]:
-    """One open-loop publishing window at ``rate`` events/s (P2, P3): tally, CPU seconds, t0, t1."""
+                 warmup_s: float, duration_s: float, interval_s: float = INTERVAL_S,
+                 ) -> tuple[delivery.Tally, dict[str, float], float, float]:
+    """One open-loop publishing window at ``rate`` events/s, a request every ``interval_s`` (P2, P2s, P3):
+    tally, CPU seconds, t0, t1."""
     publisher = delivery.Publisher(ctx, api_port, delivery.Events(world))
     return delivery.window(ctx, groups, warmup_s, duration_s,
-                           lambda t0, t1: publisher.paced(rate, t1, INTERVAL_S))
+                           lambda t0, t1: publisher.paced(rate, t1, interval_s, in_flight=in_flight(interval_s)))
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def in_flight(interval_s: float) -> int:
+    """Publish requests allowed outstanding: 16 at P2's pace, as many more as the requests are more frequent
+    (the same time's worth of requests may wait)."""
+    return max(16, round(16 * INTERVAL_S / interval_s))
+
+
+def run(ctx: Context, scenario_id: str = ID, title: str = TITLE, interval_s: float = INTERVAL_S) -> dict[str, Any]:
+    """P2, or with another ``interval_s`` the same measurement in smaller, more frequent requests (P2s)."""
     t = timing(ctx.quick)
     p1 = ctx.shared["P1"]
     rate = round(p1["rate"] / 2, 1)
@@ -55,7 +64,8 @@ def run(ctx: Context) -> dict[str, Any]:
         api, api_port = common.start_api(ctx, stack, env=env)
         worker, _ = delivery.start_worker(ctx, stack, env)
         groups = delivery.pid_groups(api, worker, receiver)
-        tally, used, t0, t1 = paced_window(ctx, world, api_port, groups, rate, t["warmup_s"], t["duration_s"])
+        tally, used, t0, t1 = paced_window(ctx, world, api_port, groups, rate, t["warmup_s"], t["duration_s"],
+                                           interval_s)
         stats = receiver.stats(GROUP, int(t0 * 1e9), int(t1 * 1e9))
         split = delivery.latency_split(receiver, GROUP, t0, t1, tally)
         problems, drained_s = delivery.check_delivered(receiver, tally, [GROUP], t["drain_s"])
@@ -63,18 +73,18 @@ def run(ctx: Context) -> dict[str, Any]:
         if ctx.profile:  # the worker, then the API, each under the same paced load
             for name, pid in (("worker", worker.pid), ("api", api.pid)):
                 profiles.append(common.profile(
-                    ctx, ID, pid, t["profile_s"], process=name,
-                    load=lambda seconds: paced_window(ctx, world, api_port, {}, rate, 0.0, seconds)))
+                    ctx, scenario_id, pid, t["profile_s"], process=name,
+                    load=lambda seconds: paced_window(ctx, world, api_port, {}, rate, 0.0, seconds, interval_s)))
 
     app = delivery.row(f"kaihooks at half of P1's rate ({rate:,.0f} events/s offered)", stats, used,
                        t["duration_s"], errors=len(tally.errors) + len(problems), samples=problems + tally.errors)
     limit = p1["limit_row"]
-    ctx.shared["P2"] = {"rate": rate, "row": app, "split": split}
+    ctx.shared[scenario_id] = {"rate": rate, "row": app, "split": split}
     p50, p99 = app["p50_ms"], app["p99_ms"]
-    per_batch = rate * INTERVAL_S
+    per_batch = rate * interval_s
     result: dict[str, Any] = {
-        "id": ID,
-        "title": TITLE,
+        "id": scenario_id,
+        "title": title,
         "rows": [limit, app],
         "verdicts": [
             f"**p50 {p50} ms** ({delivery.verdict(p50 is not None and p50 <= TARGET_P50_MS)} the ≤ "
@@ -86,7 +96,8 @@ def run(ctx: Context) -> dict[str, Any]:
             f"{split['publish_to_202_ms']['p99']} ms; 202 → receipt p50 {split['202_to_receipt_ms']['p50']} ms, p99 "
             f"{split['202_to_receipt_ms']['p99']} ms (of the same {split['deliveries']:,} deliveries).",
             f"Offered {rate:,.1f} events/s (half of P1's {p1['rate']:,.1f}/s), delivered "
-            f"{app['requests_per_s']:,.1f}/s; {tally.late_ticks} publish ticks found all 16 slots busy.",
+            f"{app['requests_per_s']:,.1f}/s; {tally.late_ticks} publish ticks found all "
+            f"{in_flight(interval_s)} slots busy.",
         ],
         "rate_columns": [["requests_per_s", "deliveries/s"]],
         "latency_of": " (→ receipt)",
@@ -102,7 +113,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "setup": delivery.setup_summary(env),
         "method": (
             f"P1's world and processes. Open-loop publishing at {rate:,.1f} events/s: a batch every "
-            f"{INTERVAL_S * 1000:g} ms of the events due by then (about {per_batch:,.1f} per batch), "
+            f"{interval_s * 1000:g} ms of the events due by then (about {per_batch:,.1f} per batch), "
             f"{t['warmup_s']:g} s warm-up, {t['duration_s']:g} s measured. Latency is publish → receipt of every "
             "delivery received in the window: the receiver's clock minus the `sent_at_ns` the publisher put in "
             "the event data just before encoding and POSTing the batch, so it includes the API's work "
