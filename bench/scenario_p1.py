@@ -1,5 +1,5 @@
 """Scenario ``P1``: delivery throughput. Signed deliveries/s received with 2xx, sustained, with the API,
-one worker and the receiver on the box, vs the limit measured beside it (quality target: ≥ 0.5 x limit).
+one worker and the receiver on the box, vs the limit measured beside it (quality target: ≥ 0.6 x limit).
 
 Setup: 200 businesses with one endpoint each (``/h/p1/<n>`` on the receiver, each its own secret), made
 with the project's service code; the API (``python -m api``), one worker (``python -m dispatcher``, the
@@ -28,7 +28,7 @@ from setup_env import Context
 
 ID = "P1"
 TITLE = "Delivery throughput: signed deliveries/s received with 2xx (API + 1 worker + receiver) vs the limit"
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.6  # raised from 0.5 (quality.md): margin enough that noise cannot flip it
 GROUP = "h/p1"
 BACKLOG = 3_000  # acknowledged events not yet received that the publisher keeps the worker fed with
 

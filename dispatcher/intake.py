@@ -83,6 +83,7 @@ class Intake:
         started = time.monotonic()
         claimed = await handoff.claim_due(self.db, self.owner, room, self.settings.lease_s, self._busy())
         self._cut_short = len(claimed) == room < MAX_CLAIM
+        metrics.CLAIMS.labels("rows" if claimed else "empty").inc()
         if claimed:
             metrics.CLAIMED.inc(len(claimed))
             known = self._known()

@@ -58,6 +58,10 @@ HELD = Gauge("kaihooks_held_deliveries",
              "Deliveries this worker holds (queued, in flight, or waiting for their result to be written)")
 OLDEST_HELD = Gauge("kaihooks_oldest_held_seconds", "How long this worker has held its oldest delivery")
 CLAIMED = Counter("kaihooks_deliveries_claimed_total", "Deliveries this worker claimed")
+CLAIMS = Counter(
+    "kaihooks_claims_total", "Claim queries this worker ran, by what they returned",
+    ["result"],  # rows (some due deliveries) | empty (none: nothing due, or all held by other workers)
+)
 WRITER_FLUSH_FAILURES = Counter(
     "kaihooks_writer_flush_failures_total", "Result-writer flushes that failed",
     ["reason"],  # unavailable (Postgres away: the batch is kept) | rejected (a bad row: the batch is split)

@@ -140,6 +140,9 @@ async def test_worker_serves_delivery_metrics_on_its_port(tenant: Tenant, api: A
                 await asyncio.sleep(0.2)
             assert sample(text, "kaihooks_endpoint_lag_seconds", label) >= 0
             assert sample(text, "kaihooks_deliveries_claimed_total") >= 4
+            # every claim query is counted, those that found work and those that came back empty
+            assert sample(text, "kaihooks_claims_total", '{result="rows"}') >= 1
+            assert sample(text, "kaihooks_claims_total", '{result="empty"}') >= 1
             # The hanging endpoint's request is held: the worker's own gauges show it and its age.
             deadline = time.monotonic() + 20
             while True:
