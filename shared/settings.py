@@ -51,9 +51,10 @@ class Settings(BaseSettings):
 
     # Delivery.
     endpoint_max_in_flight: int = Field(10, ge=1)  # concurrent requests to one endpoint, per worker
-    # Concurrent requests per worker. Measured: 1000 -> 128 cut worker CPU per delivery by a fifth
-    # (fewer sockets to juggle) with no throughput loss; slow endpoints are capped per lane anyway.
-    max_in_flight: int = Field(256, ge=1)
+    # Concurrent requests per worker. Measured: 1000 -> 128 cut worker CPU per delivery by a fifth (fewer
+    # sockets to juggle); 256 -> 128 raised P1 from 0.36-0.44 to 0.46-0.48 x the limit with P3 still met
+    # (0.89, 1.86: BENCHMARKS.md); slow endpoints are capped per lane anyway.
+    max_in_flight: int = Field(128, ge=1)
     max_response_bytes: int = Field(64 * 1024, ge=1024)  # read at most this much of a response
     retry_after_cap_s: int = Field(24 * 3600, ge=1)
     replay_schedule: Annotated[tuple[float, ...], NoDecode] = (60, 300, 1800)
