@@ -51,9 +51,13 @@ def in_flight(interval_s: float) -> int:
     return max(16, round(16 * INTERVAL_S / interval_s))
 
 
-def run(ctx: Context, scenario_id: str = ID, title: str = TITLE, interval_s: float = INTERVAL_S) -> dict[str, Any]:
-    """P2, or with another ``interval_s`` the same measurement in smaller, more frequent requests (P2s)."""
+def run(ctx: Context, scenario_id: str = ID, title: str = TITLE, interval_s: float = INTERVAL_S,
+        duration_s: float | None = None) -> dict[str, Any]:
+    """P2, or with another ``interval_s`` the same measurement in smaller, more frequent requests (P2s);
+    ``duration_s`` shortens the full run's window (not ``--quick``'s)."""
     t = timing(ctx.quick)
+    if duration_s is not None and not ctx.quick:
+        t["duration_s"] = duration_s
     p1 = ctx.shared["P1"]
     rate = round(p1["rate"] / 2, 1)
     world = delivery.world(ctx, "p1", delivery.BUSINESSES)

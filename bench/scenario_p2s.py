@@ -15,4 +15,4 @@ INTERVAL_S = 0.005
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    return scenario_p2.run(ctx, scenario_id=ID, title=TITLE, interval_s=INTERVAL_S)
+    return scenario_p2.run(ctx, scenario_id=ID, title=TITLE, interval_s=INTERVAL_S, duration_s=12.0)
