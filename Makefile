@@ -55,5 +55,7 @@ lock: $(STAMP)
 	$(UV_COMPILE) --universal -o requirements/runtime.txt
 	$(UV_COMPILE) --resolution lowest-direct --extra test -o requirements/lowest.txt
 
+# The dev database and Redis db go with .dev/ (they hold what its master key made): see scripts/devenv.py clean.
 clean:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/devenv.py clean; fi
 	rm -rf $(VENV) $(LOWEST) .dev .pytest_cache

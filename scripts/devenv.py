@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -196,25 +197,86 @@ def cmd_run() -> int:
             or _dev_secret("internal_token", lambda: "dev_" + secrets.token_urlsafe(24)),
             "KAIHOOKS_DEV": os.environ.get("KAIHOOKS_DEV", "1"),
             "KAIHOOKS_ALLOW_PRIVATE_TARGETS": os.environ.get("KAIHOOKS_ALLOW_PRIVATE_TARGETS", "1"),
+            # The dev server prints a password: it listens on loopback unless told otherwise.
+            "KAIHOOKS_LISTEN_HOST": os.environ.get("KAIHOOKS_LISTEN_HOST", "127.0.0.1"),
             "PORT": os.environ.get("PORT", "8080"),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         release(env)
+        same_master_key(env)
         demo = seed_demo(env)
+        write_env_file(env)
         base = f"http://127.0.0.1:{env['PORT']}"
         token = env["KAIHOOKS_INTERNAL_TOKENS"].split(",")[0]
+        event = json.dumps({"events": [{"business_id": demo["business_id"], "type": "call.completed", "data": {
+            "id": "call_demo_1", "direction": "inbound", "from": "+15550001111", "to": "+15550002222",
+            "status": "completed", "started_at": "2026-01-01T09:00:00Z", "duration_seconds": 42}}]})
         print(f"""
 kaihooks is starting (Ctrl-C stops everything this started).
 
-  API        {base}/v1            OpenAPI: {base}/openapi.json
-  Sign in    {demo['email']} / {demo['password']}
+  Dashboard  {base}/dashboard      sign in as {demo['email']} / {demo['password']}
+  API        {base}/v1            OpenAPI: {base}/openapi.json   Errors: {base}/docs/errors
   Demo key   {demo['api_key']}
 
   curl -s {base}/v1/me -H 'Authorization: Bearer {demo['api_key']}'
 
-  Internal token (for /internal/v1): {token}
+  Publish a call event (as KaiCalls' services do; add an endpoint in the dashboard first to receive it):
+  curl -s {base}/internal/v1/events -H 'Authorization: Bearer {token}' \\
+       -H 'Content-Type: application/json' -d '{event}'
+
+  `kaihooks` commands against this instance: source .dev/env
 """, flush=True)
         return run_processes(env, ["web", "worker"])
+
+
+def same_master_key(env: dict[str, str]) -> None:
+    """Refuse to start on a database whose secrets were made under a master key that is gone (``.dev`` deleted
+    while the local server kept ``kaihooks_dev``): its keys would 401 and its secrets fail to open."""
+    done = subprocess.run(["kaihooks", "secrets", "status", "--json"], env=env, cwd=ROOT, text=True,
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"devenv: `kaihooks secrets status` failed: {done.stderr.strip()}")
+    status = json.loads(done.stdout)
+    if any(row["key"] == "missing" for row in (*status["webhook_secrets"], *status["api_keys"])):
+        raise SystemExit(f"devenv: the database {DEV_DB} holds API keys and webhook secrets made under a master key "
+                         "that is gone (.dev/ was deleted but the database was kept): `make clean` drops both; "
+                         "then `make run` again")
+
+
+# What `source .dev/env` sets: enough for `kaihooks` commands to reach this dev instance.
+ENV_FILE_NAMES = ("DATABASE_URL", "REDIS_URL", "KAIHOOKS_SECRET_KEY", "KAIHOOKS_INTERNAL_TOKENS", "KAIHOOKS_DEV",
+                  "KAIHOOKS_ALLOW_PRIVATE_TARGETS")
+
+
+def write_env_file(env: dict[str, str]) -> None:
+    path = DEV_DIR / "env"
+    DEV_DIR.mkdir(exist_ok=True)
+    path.write_text("".join(f"export {name}={shlex.quote(env[name])}\n" for name in ENV_FILE_NAMES) +
+                    f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"\n")
+    path.chmod(0o600)
+
+
+def cmd_clean() -> int:
+    """What `make clean` removes besides .dev/ and the venvs: the local server's dev database and Redis db
+    (an embedded server's live under .dev/ and go with it). Never a server named by DATABASE_URL/REDIS_URL."""
+    if not os.environ.get("DATABASE_URL") and _answers("127.0.0.1", 5432) and asyncio.run(_pg_ok(LOCAL_PG)):
+        async def drop() -> None:
+            conn = await asyncpg.connect(LOCAL_PG)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{DEV_DB}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
+        say(f"dropped the database {DEV_DB} on the local Postgres")
+    if not os.environ.get("REDIS_URL") and _answers(*LOCAL_REDIS):
+        import redis
+
+        client = redis.Redis(host=LOCAL_REDIS[0], port=LOCAL_REDIS[1], db=DEV_REDIS_DB)
+        client.flushdb()
+        client.close()
+        say(f"flushed Redis db {DEV_REDIS_DB} on the local Redis")
+    return 0
 
 
 # Where a Chrome or Chromium may be, in the order they are tried (KAIHOOKS_CHROMIUM first).
@@ -294,12 +356,14 @@ def cmd_test(pytest_args: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["run", "test"])
+    parser.add_argument("mode", choices=["run", "test", "clean"])
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     if args.mode == "run":
         return cmd_run()
+    if args.mode == "clean":
+        return cmd_clean()
     return cmd_test(args.pytest_args)
 
 

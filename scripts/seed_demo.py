@@ -1,4 +1,5 @@
-"""The demo data `make run` shows: one business, its owner and an API key (made once, then reused)."""
+"""The demo data `make run` shows: one business, its owner and an API key (made once per database, then reused:
+running against another server, or after `.dev/demo.json` is gone, finds the demo owner's business again)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ async def seed(env: dict[str, str], known: dict[str, Any] | None) -> dict[str, s
     try:
         business_id = ids.decode("biz", known["business_id"]) if known else None
         business = await businesses.get(db, business_id) if business_id else None
+        if business is None:  # .dev/demo.json is of another database (or gone): this one's demo owner's business
+            known = None
+            found = await users.credentials(db, DEMO_EMAIL)
+            owned = await users.memberships(db, found[0].id) if found else []
+            business = owned[0].business if owned else None
         if business is None:
             business = await businesses.create(db, "Demo Plumbing Co.")
-            known = None
         password = known["password"] if known else secrets.token_urlsafe(12)
         async with db.acquire() as conn:
             await users.upsert_with_memberships(

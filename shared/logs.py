@@ -36,8 +36,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class PlainFormatter(logging.Formatter):
+    """One line for a person (KAIHOOKS_DEV=1): the message, then the ids and figures it is about, as the JSON
+    lines carry them (``listening port=8080``, ``delivery attempt failed delivery_id=… reason=timeout``)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        text = super().format(record)
+        context = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
+        if context:
+            head, sep, rest = text.partition("\n")  # a traceback stays below the line
+            text = f"{head} {context}{sep}{rest}"
+        return redact(text)
 
 
 def configure_logging(dev: bool = False, level: str = "info") -> None:

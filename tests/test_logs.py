@@ -90,3 +90,14 @@ def test_the_cli_logs_from_warning_up_unless_the_level_says_otherwise(level: str
     assert done.returncode == 0
     # asyncio says which selector it uses at debug level, as the command's event loop starts
     assert ("Using selector" in done.stderr) is shown
+
+
+def test_plain_dev_lines_carry_their_context_and_no_secret() -> None:
+    from shared.logs import PlainFormatter
+
+    record = logging.makeLogRecord({"name": "kaihooks.dispatcher", "levelname": "WARNING", "levelno": 30,
+                                    "msg": "delivery attempt failed", "delivery_id": "dlv_1", "reason": "timeout",
+                                    "key": "kc_live_abcdefghijklmnop"})
+    line = PlainFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "WARNING kaihooks.dispatcher: delivery attempt failed delivery_id=dlv_1 reason=timeout " \
+                   "key=kc_live_[redacted]"
