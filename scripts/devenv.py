@@ -33,7 +33,7 @@ DEV_DIR = ROOT / ".dev"
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = ("127.0.0.1", 6379)
 DEV_DB = "kaihooks_dev"
-DEV_REDIS_DB, TEST_REDIS_DB = 1, 2
+DEV_REDIS_DB, TEST_REDIS_DB, BENCH_REDIS_DB = 1, 2, 3
 
 
 def say(message: str) -> None:
@@ -329,6 +329,26 @@ def browser(env: dict[str, str]) -> str:
     return found
 
 
+def test_redis_db(stack: ExitStack, url: str) -> str:
+    """A Redis db of this test run's own: the suite flushes its db and counts sign-ins per address, so two runs
+    on one local Redis (two checkouts, a run beside CI) must not share one. Claimed in db 0 with SET NX (freed at
+    exit, or after a day if this process dies); a server named by REDIS_URL is used as it is."""
+    if os.environ.get("REDIS_URL"):
+        return url
+    import redis
+
+    base, _, _ = url.rpartition("/")
+    claims = redis.Redis.from_url(f"{base}/0")
+    for db in (TEST_REDIS_DB, *range(BENCH_REDIS_DB + 1, 16)):  # db 1: make run's; db 3: bench's
+        key = f"kaihooks:test-run:db{db}"
+        if claims.set(key, str(os.getpid()), nx=True, ex=86400):
+            stack.callback(lambda key=key: (claims.delete(key), claims.close()))
+            if db != TEST_REDIS_DB:
+                say(f"Redis db {TEST_REDIS_DB} is in use by another test run: using db {db}")
+            return f"{base}/{db}"
+    raise SystemExit("devenv: every Redis db for test runs (2, 4-15) is in use by another test run")
+
+
 def needs_browser(pytest_args: list[str]) -> bool:
     """Whether the tests asked for include the dashboard's (all of tests/ does, unless it is --ignore'd)."""
     dashboard = ROOT / "tests" / "test_dashboard.py"
@@ -347,7 +367,7 @@ def cmd_test(pytest_args: list[str]) -> int:
             **os.environ,
             # The suite creates a fresh database on this server and drops it at the end.
             "KAIHOOKS_TEST_PG_SERVER": server_url,
-            "KAIHOOKS_TEST_REDIS_URL": redis_server(stack, TEST_REDIS_DB),
+            "KAIHOOKS_TEST_REDIS_URL": test_redis_db(stack, redis_server(stack, TEST_REDIS_DB)),
             "KAIHOOKS_CHROMIUM": chromium,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }

@@ -61,3 +61,15 @@ def test_the_browser_is_looked_for_only_when_the_dashboard_tests_run(args: list[
 def test_the_release_step_is_the_migration() -> None:
     assert devenv.procfile() == {"release": "kaihooks migrate", "web": "python -m api",
                                  "worker": "python -m dispatcher"}
+
+
+def test_two_test_runs_on_one_redis_get_dbs_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import ExitStack
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    url = os.environ.get("KAIHOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
+    with ExitStack() as first, ExitStack() as second:
+        mine, theirs = devenv.test_redis_db(first, url), devenv.test_redis_db(second, url)
+        assert mine != theirs and {mine.rpartition("/")[2], theirs.rpartition("/")[2]}.isdisjoint({"0", "1", "3"})
+        second.close()
+        assert devenv.test_redis_db(second, url) == theirs  # given back at exit, taken again
