@@ -60,6 +60,7 @@ async def _key_verifier(app: web.Application) -> AsyncIterator[None]:
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await flusher
+    await verifier.aclose()
 
 
 def create_app(settings: Settings) -> web.Application:
