@@ -140,3 +140,13 @@ async def test_a_deleted_key_is_refused_in_a_batch_beside_a_live_one(tenant: Ten
     assert counted.calls[-1] == 6
     assert [type(r) for r in results] == [Verified, Unauthorized] * 3
 
+
+async def test_a_key_is_refused_on_another_spelling_of_its_business_id(tenant: Tenant, api: Api) -> None:
+    """The key's business is compared by its public id: only the one canonical spelling is that business."""
+    key = (await tenant.create_key())["key"]
+    assert (await api.get(f"{tenant.path}/calls", key=key)).status == 200
+    upper = "biz_" + tenant.business_id.removeprefix("biz_").upper()
+    assert upper != tenant.business_id
+    for path in [f"/v1/businesses/{upper}/calls", "/v1/businesses/biz_nope/calls"]:
+        r = await api.get(path, key=key)
+        assert r.status == 401 and r.problem["code"] == "unauthorized", path
