@@ -15,14 +15,11 @@ from api.client_address import ClientAccessLogger
 from api.context import DB, KEYS, OPENAPI, PAGES, REDIS, SESSION_LIMIT, SETTINGS, SIGN_INS
 from api.dashboard import routes as dashboard
 from api.keyauth import KeyVerifier
-from api.observe import request_metrics_middleware
+from api.middleware import middleware
 from api.pagecache import PageCache
-from api.parsing import body_limit_middleware
-from api.problems import problem_middleware
 from api.ratelimit import SessionRateLimit
 from api.routes import account, api_keys, events_internal, internal, reads, system, webhooks
 from api.routing import install
-from api.security import security_headers_middleware
 from shared import redis_client
 from shared.db import create_pool
 from shared.settings import Settings
@@ -60,13 +57,12 @@ async def _key_verifier(app: web.Application) -> AsyncIterator[None]:
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await flusher
+    await verifier.aclose()
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        # The metrics middleware first (outermost): it sees the status the client gets.
-        middlewares=[request_metrics_middleware, security_headers_middleware, problem_middleware,
-                     body_limit_middleware],
+        middlewares=[middleware(settings)],  # metrics, security headers, problem details, body limit
         client_max_size=settings.max_body_bytes_internal,
     )
     app[SETTINGS] = settings

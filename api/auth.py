@@ -95,17 +95,18 @@ async def business_access(
     member is 404 (the business may as well not exist), a member writing is 403.
     """
     token = bearer_token(request)
-    business_id = _business_id(request)
     if token is not None:
         if session_only:
             raise Unauthorized()
         verified = await api_key(request, token)
         key = verified.key
-        if business_id is None or key.business_id != business_id:
+        # Public ids are canonical (one text per business), so comparing the texts compares the businesses.
+        if request.match_info.get("business_id") != verified.business:
             raise Unauthorized()
         if scope is not None and scope not in key.scopes:
             raise InsufficientScope(f"This key lacks the {scope} scope.")
-        return Access(business_id, key=key, data_version=verified.data_version)
+        return Access(key.business_id, key=key, data_version=verified.data_version)
+    business_id = _business_id(request)
     user_session = await session(request)
     if business_id is None:
         raise NotFound("No such business.")

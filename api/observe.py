@@ -2,19 +2,17 @@
 (by method and route template, the counter also by status), and what the access log says of it (the route, and
 who authenticated it: the API key's or the user's public id, never a credential).
 
-The middleware is the outermost, so it counts what the client got: problem responses, 401s from the key check,
-413s from the body limit. Its label sets are bounded: the route is the matched template, never the raw path
-(``unmatched`` when no route matched: a 404, or a 405 on a path with no route for that method); any method
-but the standard ones is ``other``.
+``api.middleware`` records every request once it has its answer, so this counts what the client got:
+problem responses, 401s from the key check, 413s from the body limit. Its label sets are bounded: the route
+is the matched template, never the raw path (``unmatched`` when no route matched: a 404, or a 405 on a path
+with no route for that method); any method but the standard ones is ``other``.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import Counter, Histogram
 
 from shared import metrics
@@ -38,7 +36,8 @@ def route_of(request: web.BaseRequest) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
-def _observe(request: web.Request, status: int, seconds: float) -> None:
+def record(request: web.BaseRequest, status: int, seconds: float) -> None:
+    """Count one answered request (``api.middleware`` calls this last, with the status the client gets)."""
     method = request.method
     key = (method if method in _METHODS else "other", route_of(request), status)
     series = _series.get(key)
@@ -47,18 +46,3 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
                                  metrics.HTTP_SECONDS.labels(key[0], key[1]))
     series[0].inc()
     series[1].observe(seconds)
-
-
-@web.middleware
-async def request_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:  # a redirect, which the problem middleware lets through
-        _observe(request, exc.status, time.perf_counter() - started)
-        raise
-    except Exception:  # nothing should get past the problem middleware; aiohttp answers 500 if it does
-        _observe(request, 500, time.perf_counter() - started)
-        raise
-    _observe(request, response.status, time.perf_counter() - started)
-    return response

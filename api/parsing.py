@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
 from api.context import SETTINGS
@@ -21,23 +20,16 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def body_limit(request: web.Request) -> int:
+    """The largest body this route takes: ``api.middleware`` refuses a body declared larger before any handler
+    runs (nothing is read, buffered, authenticated or done for it); ``read_json`` cuts off a chunked one."""
     settings = request.app[SETTINGS]
     if request.path.startswith("/internal/"):
         return settings.max_body_bytes_internal
     return settings.max_body_bytes_v1
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is over {limit} bytes.")
-
-
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body declared larger than the route's limit is refused before any handler runs: nothing is read,
-    buffered, authenticated or done for it. (Chunked bodies are cut off by ``read_json`` as they arrive.)"""
-    if request.content_length is not None and request.content_length > body_limit(request):
-        raise _too_large(body_limit(request))
-    return await handler(request)
 
 
 async def _read_capped(request: web.Request, limit: int) -> bytes:
@@ -47,7 +39,7 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
     async for chunk in request.content.iter_any():
         body += chunk
         if len(body) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
     return bytes(body)
 
 
@@ -55,7 +47,7 @@ async def read_json(request: web.Request) -> Any:
     """The parsed JSON body: 413 over the route's limit, 415 for another media type, 400 if malformed."""
     limit = body_limit(request)
     if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     if request.content_type not in ("application/json", "application/octet-stream") and not (
         request.content_type.endswith("+json")
     ):

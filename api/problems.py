@@ -1,4 +1,4 @@
-"""One middleware turns every error into RFC 9457 problem details, each with a code of
+"""Every error becomes RFC 9457 problem details (``answer``, asked by ``api.middleware``), each with a code of
 ``shared.errors.CODES`` and that code's ``type`` (``/docs/errors#<code>``) and title."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncpg
 import orjson
 import redis.exceptions
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from shared import redis_client
 from shared.errors import CODES, KaihooksError
@@ -71,34 +70,32 @@ def problem(code: str, detail: str, headers: dict[str, str] | None = None, *, st
     )
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except KaihooksError as exc:
+def answer(request: web.BaseRequest, exc: Exception) -> web.Response:
+    """The problem answer to an error a handler raised (``api.middleware`` asks). A redirect (an
+    HTTPException below 400) is not an error: it is raised again, for aiohttp to send."""
+    if isinstance(exc, KaihooksError):
         return problem(exc.code, exc.detail, exc.headers, **exc.extra())
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "internal_error" if exc.status >= 500 else "bad_request")
         detail = _DETAILS.get(exc.status, f"{exc.reason}.").format(method=request.method)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return problem(code, detail, headers, status=exc.status)
-    except (asyncpg.exceptions.DataError, OverflowError):
+    if isinstance(exc, asyncpg.exceptions.DataError | OverflowError):
         # A value Postgres cannot hold (a NUL in a path segment, a date out of range) that no
         # earlier check caught: the transaction rolled back, so it is the client's input to fix.
-        log.warning("unstorable value in request", exc_info=True, extra={"path": request.path})
+        log.warning("unstorable value in request", exc_info=exc, extra={"path": request.path})
         return problem("validation_error",
                        "A value in the request cannot be stored (out of range or containing NUL).",
                        errors=[{"loc": ["request"], "msg": "a value cannot be stored"}])
-    except _UNAVAILABLE:
-        log.warning("dependency unavailable", exc_info=True, extra={"path": request.path})
+    if isinstance(exc, _UNAVAILABLE):
+        log.warning("dependency unavailable", exc_info=exc, extra={"path": request.path})
         return problem("service_unavailable", "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
-    except redis.exceptions.ResponseError as exc:
+    if isinstance(exc, redis.exceptions.ResponseError):
         # Redis answering an error (out of memory, read-only after a failover) where nothing could carry on
         # without it (say, a key's revocation marker): as unavailable as a Redis that is down.
         redis_client.note_failure("request", exc)
         return problem("service_unavailable", "A dependency is unavailable; retry shortly.", {"Retry-After": "1"})
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return problem("internal_error", "Something went wrong on our side.")
+    log.error("unhandled error", exc_info=exc, extra={"path": request.path, "method": request.method})
+    return problem("internal_error", "Something went wrong on our side.")

@@ -10,9 +10,12 @@ from aiohttp import web
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
+def encode(data: Any) -> bytes:
+    return orjson.dumps(data, option=_OPTIONS)
+
+
 def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data, option=_OPTIONS), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(body=encode(data), status=status, content_type="application/json", headers=headers)
 
 
 def raw_json(body: bytes, status: int = 200) -> web.Response:

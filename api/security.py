@@ -10,10 +10,9 @@ browser.
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from api.context import SETTINGS
 from shared.errors import ERRORS_PATH
+from shared.settings import Settings
 
 _HEADERS = {
     "Cache-Control": "no-store",
@@ -46,16 +45,20 @@ def _is_page(path: str) -> bool:
     return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/") or path == ERRORS_PATH
 
 
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    extra = _DASHBOARD_HEADERS if _is_page(request.path) else {"Content-Security-Policy": API_CSP}
-    for name, value in (_HEADERS | extra).items():
-        response.headers.setdefault(name, value)
-    settings = request.app[SETTINGS]
-    if not settings.dev and settings.hsts_max_age_s:
-        # A browser that once reached us over HTTPS never again sends a session cookie over plain HTTP
-        # (the cookie is Secure too; this also covers the first request a downgrade attack would take).
-        response.headers.setdefault("Strict-Transport-Security",
-                                    f"max-age={settings.hsts_max_age_s}; includeSubDomains")
-    return response
+class SecurityHeaders:
+    """The headers of every answer, worked out once for the app's settings (``api.middleware`` adds them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        hsts = {}
+        if not settings.dev and settings.hsts_max_age_s:
+            # A browser that once reached us over HTTPS never again sends a session cookie over plain HTTP
+            # (the cookie is Secure too; this also covers the first request a downgrade attack would take).
+            hsts["Strict-Transport-Security"] = f"max-age={settings.hsts_max_age_s}; includeSubDomains"
+        self.api = tuple((_HEADERS | {"Content-Security-Policy": API_CSP} | hsts).items())
+        self.page = tuple((_HEADERS | _DASHBOARD_HEADERS | hsts).items())
+
+    def add(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """Each header the response does not set itself (a dashboard asset sets its own Cache-Control)."""
+        headers = response.headers
+        for name, value in self.page if _is_page(request.path) else self.api:
+            headers.setdefault(name, value)

@@ -17,8 +17,11 @@ from aiohttp.test_utils import TestServer
 
 import api.app  # noqa: F401  (every module that defines an error class is imported)
 from api import errors_page, problems
-from api.security import DASHBOARD_CSP
+from api.context import SETTINGS
+from api.middleware import middleware
+from api.security import API_CSP, DASHBOARD_CSP
 from shared.errors import CODES, ERRORS_PATH, KaihooksError
+from shared.settings import Settings
 from tests.helpers import Api, Tenant
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
@@ -174,8 +177,9 @@ async def _raise_unreachable(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.fixture
-async def fallbacks() -> AsyncIterator[Api]:
-    app = web.Application(middlewares=[problems.problem_middleware])
+async def fallbacks(settings: Settings) -> AsyncIterator[Api]:
+    app = web.Application(middlewares=[middleware(settings)])
+    app[SETTINGS] = settings
     for path, handler in [("/416", _raise_416), ("/502", _raise_502), ("/bug", _raise_bug),
                           ("/data", _raise_data_error), ("/unreachable", _raise_unreachable)]:
         app.router.add_get(path, handler)
@@ -205,3 +209,5 @@ async def test_every_fallback_answers_a_registered_code(fallbacks: Api, caplog: 
         assert r.problem["title"] == CODES[code].title
         assert r.problem["detail"]
         assert "a bug" not in r.raw.decode()  # nothing of the exception reaches the client
+        assert r.headers["X-Content-Type-Options"] == "nosniff"  # a problem answer has the security headers
+        assert r.headers["Content-Security-Policy"] == API_CSP

@@ -42,9 +42,9 @@ def _break(server: PrivateRedis, fault: str) -> None:
         client.close()
 
 
-async def _failures(api: Api, use: str) -> float:
+async def _failures(api: Api, use: str, kind: str = "error") -> float:
     text = (await api.get("/metrics", key=INTERNAL_TOKEN)).raw.decode()
-    m = re.search(rf'^kaihooks_redis_failures_total{{kind="error",use="{use}"}} ([0-9.e+]+)$', text, re.M)
+    m = re.search(rf'^kaihooks_redis_failures_total{{kind="{kind}",use="{use}"}} ([0-9.e+]+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -78,3 +78,31 @@ async def test_redis_answering_errors_is_the_documented_degraded_mode(
     # Publishing needs no Redis: the events are accepted (the cache-version bump is skipped).
     r = await publish(api, event(tenant.business_id))
     assert r.status == 202, r.raw[:300]
+
+
+async def test_the_key_check_outlives_a_redis_restart_and_lost_scripts(
+    tenant: Tenant, api: Api, own_redis: PrivateRedis
+) -> None:
+    """The key check keeps one connection: a restarted Redis (that connection closed, the check's script
+    forgotten) costs no request its Redis check, and nothing is counted as a failure."""
+    key = (await tenant.create_key())["key"]
+    assert (await api.get("/v1/me", key=key)).status == 200
+
+    async def failures() -> list[float]:
+        return [await _failures(api, "key_check", kind) for kind in ("error", "unreachable")]
+
+    before = await failures()
+    own_redis.stop()
+    own_redis.start_empty()
+    for _ in range(3):
+        r = await api.get("/v1/me", key=key)
+        assert r.status == 200, r.raw[:300]
+    client = redis.Redis(port=own_redis.port)
+    try:
+        # Checked by the new Redis: the key's rate bucket is there.
+        assert client.keys("kaihooks:key-rate:*")
+        client.script_flush()
+        assert (await api.get("/v1/me", key=key)).status == 200
+    finally:
+        client.close()
+    assert await failures() == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from aiohttp import web
 
@@ -25,6 +27,8 @@ _NAMES = {"agents": "agent", "calls": "call", "leads": "lead"}
 
 
 def _cached(request: web.Request, access: auth.Access) -> web.Response | None:
+    """The page as answered before at this data version, if it was. Asked right after authorisation, before
+    the query is parsed: a page is cached only once its URL (query included) was answered 200."""
     body = request.app[PAGES].get(access.business_id, request.path_qs, access.data_version)
     return None if body is None else render.raw_json(body)
 
@@ -35,10 +39,21 @@ def _cache(request: web.Request, access: auth.Access, response: web.Response) ->
     return response
 
 
-async def _list(request: web.Request, kind: Kind, calls: CallFilter | None, query: ListQuery) -> web.Response:
+def _list_query(request: web.Request) -> tuple[ListQuery, CallFilter | None]:
+    return parse_query(request, ListQuery), None
+
+
+def _calls_query(request: web.Request) -> tuple[ListQuery, CallFilter | None]:
+    q = parse_query(request, CallsQuery)
+    return q, CallFilter(q.status, q.agent_id, q.since, q.until)
+
+
+async def _list(request: web.Request, kind: Kind,
+                parse: Callable[[web.Request], tuple[ListQuery, CallFilter | None]]) -> web.Response:
     access = await auth.business_access(request, scope=f"{kind}:read")
     if (hit := _cached(request, access)) is not None:
         return hit
+    query, calls = parse(request)
     after = decode_cursor(query.cursor) if query.cursor else None
     page = await projections.list_page(request.app[DB], kind, access.business_id, query.limit,
                                        after, calls)
@@ -59,7 +74,7 @@ async def _one(request: web.Request, kind: Kind) -> web.Response:
 @routes.get(BASE + "/agents", summary="Agents, newest first", auth="key_or_session", scope="agents:read",
             query=ListQuery, response=ProjectedList)
 async def list_agents(request: web.Request) -> web.StreamResponse:
-    return await _list(request, "agents", None, parse_query(request, ListQuery))
+    return await _list(request, "agents", _list_query)
 
 
 @routes.get(BASE + "/agents/{item_id}", summary="One agent", auth="key_or_session", scope="agents:read",
@@ -71,8 +86,7 @@ async def get_agent(request: web.Request) -> web.StreamResponse:
 @routes.get(BASE + "/calls", summary="Calls, newest first, filtered by status, agent and start time",
             auth="key_or_session", scope="calls:read", query=CallsQuery, response=ProjectedList)
 async def list_calls(request: web.Request) -> web.StreamResponse:
-    q = parse_query(request, CallsQuery)
-    return await _list(request, "calls", CallFilter(q.status, q.agent_id, q.since, q.until), q)
+    return await _list(request, "calls", _calls_query)
 
 
 @routes.get(BASE + "/calls/{item_id}", summary="One call", auth="key_or_session", scope="calls:read",
@@ -84,7 +98,7 @@ async def get_call(request: web.Request) -> web.StreamResponse:
 @routes.get(BASE + "/leads", summary="Leads, newest first", auth="key_or_session", scope="leads:read",
             query=ListQuery, response=ProjectedList)
 async def list_leads(request: web.Request) -> web.StreamResponse:
-    return await _list(request, "leads", None, parse_query(request, ListQuery))
+    return await _list(request, "leads", _list_query)
 
 
 @routes.get(BASE + "/leads/{item_id}", summary="One lead", auth="key_or_session", scope="leads:read",
@@ -103,9 +117,9 @@ def _event(e: EventRow) -> dict[str, object]:
             auth="key_or_session", scope="events:read", query=EventsQuery, response=EventList)
 async def list_events(request: web.Request) -> web.StreamResponse:
     access = await auth.business_access(request, scope="events:read")
-    q = parse_query(request, EventsQuery)
     if (hit := _cached(request, access)) is not None:
         return hit
+    q = parse_query(request, EventsQuery)
     after = decode_cursor(q.cursor) if q.cursor else None
     page = await event_repo.list_page(request.app[DB], access.business_id, q.limit, after, q.type)
     return _cache(request, access, render.page([_event(e) for e in page.items], page.next_cursor))
