@@ -38,13 +38,14 @@ import scenario_p5
 import scenario_p6
 import scenario_p7
 import scenario_p8
+import scenario_p9
 import scenario_p10
 import setup_env
 
 # id -> module with ID, TITLE and run(ctx) -> result dict (see scenario_me.py), in running order.
-SCENARIOS = {module.ID: module for module in (scenario_me, scenario_p5, scenario_p6, scenario_limit, scenario_p1,
-                                              scenario_p2, scenario_p2s, scenario_p3, scenario_p4, scenario_p7,
-                                              scenario_p8, scenario_p10)}
+SCENARIOS = {module.ID: module for module in (scenario_me, scenario_p5, scenario_p6, scenario_p9, scenario_limit,
+                                              scenario_p1, scenario_p2, scenario_p2s, scenario_p3, scenario_p4,
+                                              scenario_p7, scenario_p8, scenario_p10)}
 # What a scenario needs measured earlier in the same run (P1 runs the limit beside itself, at the limit
 # scenario's best concurrency; P2 runs at half P1's rate; P3 compares with P1 and P2; P4's bound is P1's rate).
 # P8 runs at half P1's rate when P1 ran before it, else at a fixed rate (scenario_p8.FIXED_RATE): not a need.

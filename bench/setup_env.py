@@ -6,7 +6,8 @@ reused, not copied). DATABASE_URL / REDIS_URL are ignored on purpose: a benchmar
 talks to 127.0.0.1 only. Everything made here is undone through the ``ExitStack``:
 the database ``kaihooks_bench_<random>`` is dropped and Redis db 3 is flushed.
 Children get a fresh secret key and a random internal token (``KAIHOOKS_INTERNAL_TOKENS``,
-for the publishing routes); neither is written to the results.
+for the publishing routes); neither is written to the results. The run's queue name
+(``KAIHOOKS_QUEUE_NAME``, also the workers' wake-up channel) is the database's name.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ def prepare(stack: ExitStack, tmp_dir: Path) -> Context:
         "REDIS_URL": redis_url,
         "KAIHOOKS_SECRET_KEY": base64.b64encode(os.urandom(32)).decode(),
         "KAIHOOKS_INTERNAL_TOKENS": secrets.token_urlsafe(32),
+        # The run's own crons queue and wake-up channel: Redis pub/sub ignores database numbers, and other
+        # runs may share this Redis.
+        "KAIHOOKS_QUEUE_NAME": f"{database}:queue",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
     })

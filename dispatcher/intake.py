@@ -1,12 +1,17 @@
 """The intake stage: how deliveries reach a worker, and how it keeps them (``shared.repos.handoff`` is the
 other side).
 
-- listen: a connection LISTENs on the due channel; a wake-up claims at once, an endpoint-changed message
-  makes the engine read that endpoint again. When listening resumes after a loss, every lane is read again
-  (messages sent meanwhile were lost).
-- poll: claims due deliveries at every wake-up and every ``worker_poll_s`` (retries come due by time), up to
-  the room the engine has, skipping endpoints whose lanes cannot take more; now and then it also fans out
-  events an older release stored without deliveries.
+- wake: SUBSCRIBEs to the Redis wake channel, where the API says "deliveries are due now" after each
+  accepted batch that made some; a wake-up claims at once. A PING when quiet tells a dead connection from a
+  quiet one; after a loss it subscribes again and claims once (wake-ups sent meanwhile were lost).
+- listen: a Postgres connection LISTENs on the due channel: an endpoint-changed message makes the engine
+  read that endpoint again (it is sent in the changing transaction, so it cannot be lost while listening
+  lasts); a bare one (retries, recovers, test sends) claims at once. When listening resumes after a loss,
+  every lane is read again (messages sent meanwhile were lost).
+- poll: claims due deliveries at every wake-up and every ``worker_poll_s`` (retries come due by time; and
+  while Redis is away this timer alone finds new deliveries), up to the room the engine has, skipping
+  endpoints whose lanes cannot take more; now and then it also fans out events an older release stored
+  without deliveries.
 - leases: renews the lease of every delivery the engine holds, on a connection of its own with a timeout,
   so nothing else the worker does (claims, gauges, writes) can make a live worker's leases lapse.
 """
@@ -20,9 +25,11 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import asyncpg
+import redis.exceptions
+from redis.asyncio import Redis
 
 from dispatcher.supervisor import Supervisor
-from shared import db, metrics
+from shared import db, metrics, redis_client
 from shared.db import create_pool
 from shared.repos import endpoints as endpoint_repo
 from shared.repos import handoff
@@ -35,6 +42,7 @@ MAX_CLAIM = 500
 UNFANNED_GRACE_S = 5.0  # events are fanned out as they are stored; any left after this are swept
 SWEEP_EVERY_S = 5.0
 LISTEN_RETRY_S = 2.0
+WAKE_PING_S = 5.0  # a quiet wake subscription is PINGed this often, and dropped after 3 unanswered
 
 Claimed = Callable[[list[Outbound], dict[uuid.UUID, list[endpoint_repo.LiveSecret]], float], None]
 
@@ -63,6 +71,7 @@ class Intake:
     def start(self) -> None:
         self.supervisor.loop("poll", self._poll_loop)
         self.supervisor.loop("listen", self._listen_loop)
+        self.supervisor.loop("wake", self._wake_loop)
         self.supervisor.loop("leases", self.keep_leases)
 
     def wake(self) -> None:
@@ -150,6 +159,35 @@ class Intake:
             except db.ERRORS as exc:
                 first = False
                 self.supervisor.complain("could not listen for due deliveries (Postgres unavailable?)", exc)
+            await asyncio.sleep(LISTEN_RETRY_S)
+
+    async def _wake_loop(self) -> None:
+        """Wake-ups from the API through Redis. While Redis is away the poll loop's timer finds everything;
+        subscribing resumes as soon as Redis is back."""
+        channel = handoff.wake_channel(self.settings.queue_name)
+        while True:
+            client = Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    heard = pinged = time.monotonic()
+                    while True:
+                        message = await pubsub.get_message(timeout=WAKE_PING_S)
+                        now = time.monotonic()
+                        if message is not None:
+                            heard = now
+                            if message["type"] in ("message", "subscribe"):  # due now; or due while unheard
+                                self._wake.set()
+                        elif now - heard > 3 * WAKE_PING_S:
+                            raise redis.exceptions.TimeoutError(f"no answer from Redis in {now - heard:.0f} s")
+                        if now - heard >= WAKE_PING_S and now - pinged >= WAKE_PING_S:
+                            pinged = now
+                            await pubsub.ping()
+            except redis_client.UNUSABLE as exc:
+                self.supervisor.complain("could not subscribe to wake-ups (Redis unavailable?); polling Postgres",
+                                         exc)
+            finally:
+                await client.aclose()
             await asyncio.sleep(LISTEN_RETRY_S)
 
     async def keep_leases(self) -> None:

@@ -1,6 +1,6 @@
 """Accepting events: validate all, then store all in one transaction: event rows, idempotency,
-projections and the deliveries to every matching endpoint (the workers are notified at commit).
-202 means committed."""
+projections and the deliveries to every matching endpoint. Once committed, one Redis round trip wakes the
+workers (when deliveries were made) and marks the businesses' cached pages stale. 202 means committed."""
 
 from __future__ import annotations
 
@@ -100,21 +100,30 @@ def _changes(prepared: Sequence[_Prepared]) -> dict[Kind, list[Change]]:
 async def bump_data_versions(redis: Redis, business_ids: set[uuid.UUID]) -> None:
     """Tell the API processes these businesses' data changed (their cached read pages are stale).
     If Redis is unreachable, no page is served from cache anyway (the key check needs Redis)."""
-    if not business_ids:
+    await _after_commit(redis, business_ids, None)
+
+
+async def _after_commit(redis: Redis, business_ids: set[uuid.UUID], wake_channel: str | None) -> None:
+    """In one round trip: given ``wake_channel``, wake the workers (deliveries are due now:
+    ``shared.repos.handoff``); bump the businesses' data versions. If Redis fails, the workers find the
+    deliveries at their next poll of Postgres (``KAIHOOKS_WORKER_POLL_S``)."""
+    if not business_ids and wake_channel is None:
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
+            if wake_channel is not None:
+                pipe.publish(wake_channel, b"")
             for business_id in business_ids:
                 pipe.incr(redis_keys.DATA_VERSION.format(business_id=business_id))
             await pipe.execute()
     except redis_client.UNUSABLE as exc:
         # Accepted all the same (stored in Postgres). Key checks need the same Redis, so while it fails no
         # page is served from cache; should it fail for bumps only, pages expire within a minute.
-        redis_client.note_failure("data_version", exc)
+        redis_client.note_failure("data_version" if wake_channel is None else "wake", exc)
 
 
 async def _store(db: asyncpg.Pool, unique: Sequence[_Prepared], prepared: Sequence[_Prepared],
-                 locs: Sequence[list[str | int]], deadline_s: float) -> set[uuid.UUID]:
+                 locs: Sequence[list[str | int]], deadline_s: float) -> ingest.Stored:
     """Run the accepting statement. A foreign-key violation is an unknown business (422), or else a race with a
     deletion on our side: an endpoint deleted while the fan-out wrote a delivery for it. Nothing was stored, so
     the statement runs again (it no longer sees that endpoint); if deletions keep winning, 503 with Retry-After,
@@ -137,10 +146,12 @@ async def _store(db: asyncpg.Pool, unique: Sequence[_Prepared], prepared: Sequen
 
 
 async def publish(
-    db: asyncpg.Pool, redis: Redis, events: Sequence[EventIn], locs: Sequence[list[str | int]], deadline_s: float
+    db: asyncpg.Pool, redis: Redis, events: Sequence[EventIn], locs: Sequence[list[str | int]], deadline_s: float,
+    *, wake_channel: str,
 ) -> list[Accepted]:
     """Store the events (all or none) and return, in order, each one's id and whether it was a repeat. Their
-    deliveries are failed ``deadline_s`` (the retry schedule's total) from now at the latest."""
+    deliveries are failed ``deadline_s`` (the retry schedule's total) from now at the latest; once they are
+    stored, the workers are woken on ``wake_channel`` (``shared.repos.handoff.wake_channel``)."""
     prepared = _prepare(events, locs)
     # A repeated idempotency key inside the batch: the first occurrence is the event.
     first_of: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
@@ -153,14 +164,16 @@ async def publish(
             first_of[(e.business_id, e.idempotency_key)] = e.id
         unique.append(p)
 
-    inserted = await _store(db, unique, prepared, locs, deadline_s)
+    stored = await _store(db, unique, prepared, locs, deadline_s)
+    inserted = stored.inserted
     earlier: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
     if len(inserted) < len(unique):
         conflicted = [(p.event.business_id, p.event.idempotency_key) for p in unique
                       if p.event.id not in inserted and p.event.idempotency_key is not None]
         earlier = await event_repo.ids_by_idempotency_key(db, conflicted)
 
-    await bump_data_versions(redis, {p.event.business_id for p in unique if p.event.id in inserted})
+    await _after_commit(redis, {p.event.business_id for p in unique if p.event.id in inserted},
+                        wake_channel if stored.deliveries else None)
 
     answers: list[Accepted] = []
     for p in prepared:

@@ -7,11 +7,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio
 from aiohttp.test_utils import TestServer
 
 from api.app import create_app
 from shared import ids
-from shared.repos.handoff import DUE_CHANNEL
+from shared.repos.handoff import DUE_CHANNEL, wake_channel
 from shared.settings import Settings
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant, until
 
@@ -190,10 +191,11 @@ async def test_redis_down_still_accepts_and_fans_out(tenant: Tenant, api: Api, s
                              "'pending' AND next_attempt_at <= now()", event_ids) == 3
 
 
-async def test_accepting_creates_the_deliveries_and_notifies_the_workers(tenant: Tenant, api: Api,
-                                                                          database_url: str) -> None:
+async def test_accepting_creates_the_deliveries_and_wakes_the_workers(tenant: Tenant, api: Api, database_url: str,
+                                                                      settings: Settings) -> None:
     """Fan-out happens in the accepting transaction: one due delivery per matching enabled endpoint, and a
-    notification on the workers' channel once it commits (none when there is nothing to deliver)."""
+    wake-up on the workers' Redis channel once it has committed (none when there is nothing to deliver). The
+    accepting transaction sends no Postgres NOTIFY (it would serialise publishers' commits)."""
     key = (await tenant.create_key(scopes=["webhooks:write"]))["key"]
     base = f"{tenant.path}/webhook-endpoints"
     every = (await api.post(base, key=key, json={"url": "https://every.example.com/"})).body
@@ -205,14 +207,23 @@ async def test_accepting_creates_the_deliveries_and_notifies_the_workers(tenant:
     assert (await api.patch(f"{base}/{off['id']}", key=key, json={"enabled": False})).status == 200
 
     listener = await asyncpg.connect(database_url)
-    heard: list[str] = []
-    # Only "deliveries are due" (an empty payload): the endpoint changes made above are notified on the same
-    # channel, and one of them may be read only after heard.clear() below.
-    await listener.add_listener(DUE_CHANNEL, lambda _c, _pid, channel, payload: payload or heard.append(channel))
+    notified: list[str] = []
+    # Endpoint changes are notified on Postgres (made above; one may be read only after the clear() below).
+    await listener.add_listener(DUE_CHANNEL, lambda _c, _pid, channel, payload: payload or notified.append(channel))
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(wake_channel(settings.queue_name))
+    woken: list[bytes] = []
+
+    async def hear() -> None:
+        async for message in pubsub.listen():
+            woken.append(message["data"])
+
+    hearing = asyncio.create_task(hear())
     try:
         r = await publish(api, {"events": [event(tenant.business_id, data=call(f"n{i}")) for i in range(2)]})
         assert r.status == 202
-        await until(lambda: len(heard) >= 1, 5, "the workers' channel was notified")
+        await until(lambda: len(woken) >= 1, 5, "the workers were woken")
         event_ids = [ids.decode("evt", e["id"]) for e in r.body["events"]]
         rows = await listener.fetch("SELECT event_id, endpoint_id, status, lease_owner FROM deliveries "
                                     "WHERE event_id = ANY($1::uuid[])", event_ids)
@@ -223,16 +234,22 @@ async def test_accepting_creates_the_deliveries_and_notifies_the_workers(tenant:
 
         # An event no enabled endpoint wants: stored, nothing to deliver, nobody woken.
         assert (await api.patch(f"{base}/{every['id']}", key=key, json={"enabled": False})).status == 200
-        heard.clear()
+        woken.clear()
         r = await publish(api, event(tenant.business_id, "lead.created", data={"id": "lead_1", "name": "Ann"}))
         assert r.status == 202
         probe = await listener.fetchval("SELECT count(*) FROM deliveries WHERE event_id = $1",
                                         ids.decode("evt", r.body["events"][0]["id"]))
         assert probe == 0
         assert (await publish(api, event(tenant.business_id, data=call("n-last")))).status == 202
-        await until(lambda: len(heard) >= 1, 5, "the next batch with deliveries notified")
-        assert heard == [DUE_CHANNEL]  # one notification per committing batch, and none for the lead
+        await until(lambda: len(woken) >= 1, 5, "the next batch with deliveries woke the workers")
+        assert woken == [b""]  # one wake-up per committed batch with deliveries, and none for the lead
+        await listener.execute("SELECT 1")  # a round trip: any notification sent before it has been read
+        assert notified == []  # no NOTIFY from the accepting transactions
     finally:
+        hearing.cancel()
+        await asyncio.gather(hearing, return_exceptions=True)
+        await pubsub.aclose()
+        await client.aclose()
         await listener.close()
 
 

@@ -11,6 +11,7 @@ from api.routing import Routes
 from api.schemas import PublishIn, PublishOut
 from shared.events import EventBatchIn, EventIn
 from shared.publishing import publish
+from shared.repos.handoff import wake_channel
 
 routes = Routes("internal")
 
@@ -26,7 +27,8 @@ async def publish_events(request: web.Request) -> web.StreamResponse:
     else:
         events = [validate(EventIn, raw)]
         locs = [["body"]]
-    accepted = await publish(request.app[DB], request.app[REDIS], events, locs,
-                             request.app[SETTINGS].retry_deadline_s)
+    settings = request.app[SETTINGS]
+    accepted = await publish(request.app[DB], request.app[REDIS], events, locs, settings.retry_deadline_s,
+                             wake_channel=wake_channel(settings.queue_name))
     return render.json({"events": [{"id": a.id, "idempotency_key": a.idempotency_key, "duplicate": a.duplicate}
                                    for a in accepted]}, status=202)

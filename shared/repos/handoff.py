@@ -1,20 +1,29 @@
-"""The hand-off from the API to the workers, through Postgres alone: the due queue, its wake-ups and leases.
+"""The hand-off from the API to the workers: the due queue in Postgres (the truth), the wake-ups that tell
+workers to claim from it now, and the leases.
 
     api (POST /internal/v1/events)
       one statement: events + one delivery row per matching enabled endpoint (due now, or when a paused
-      endpoint resumes; ``deadline_at`` = now + the retry schedule's total) + pg_notify(DUE_CHANNEL, '')
-      (shared.repos.ingest), which Postgres delivers only at commit
+      endpoint resumes; ``deadline_at`` = now + the retry schedule's total) (shared.repos.ingest); once it
+      has committed, when it made deliveries: PUBLISH on the Redis wake channel (``wake_channel``), in the
+      same pipeline as the data-version bumps (shared.publishing). No ``NOTIFY`` on this path: Postgres
+      serialises the commits of notifying transactions on one lock, which many small publishers queue on.
     api (endpoint changed: PATCH, DELETE, rotate, disable)
-      pg_notify(DUE_CHANNEL, 'endpoint:<uuid>') in the same transaction (``notify_endpoint_changed``)
+      pg_notify(DUE_CHANNEL, 'endpoint:<uuid>') in the same transaction (``notify_endpoint_changed``):
+      rare, and a lane must hear it, so it stays on Postgres, delivered at commit
+    retries, recovers, test sends (rare)
+      pg_notify(DUE_CHANNEL, '') in their transaction (``notify_due``)
     worker (dispatcher.intake)
-      LISTEN DUE_CHANNEL; on '' (or every poll): ``claim_due`` leases due deliveries (claim and load in one
-      statement); on 'endpoint:<uuid>': that endpoint's lane is read again before it sends anything more
+      SUBSCRIBE to the wake channel and LISTEN DUE_CHANNEL; on a wake-up, on '' or every poll
+      (``worker_poll_s``, which alone keeps deliveries going while Redis is away): ``claim_due`` leases due
+      deliveries (claim and load in one statement); on 'endpoint:<uuid>': that endpoint's lane is read again
+      before it sends anything more
       -> dispatcher.engine: lanes -> message -> send -> outcome
       -> dispatcher.record: attempts and verdicts (shared.repos.delivery_results)
     while a worker holds a delivery its ``next_attempt_at`` is its lease's end (a visibility timeout),
     renewed by ``renew_leases``; a dead worker's deliveries are due again once their leases run out.
 
-Retries, recovers and test sends make deliveries due the same way (``notify_due``).
+A lost wake-up (Redis down, a subscriber reconnecting) costs latency, never a delivery: what is due is in
+Postgres, and the next poll claims it.
 """
 
 from __future__ import annotations
@@ -27,7 +36,10 @@ from datetime import datetime
 from shared.models import Trigger
 from shared.repos import Executor
 
-DUE_CHANNEL = "kaihooks_due"
+DUE_CHANNEL = "kaihooks_due"  # Postgres LISTEN/NOTIFY
+# The Redis channel of "deliveries are due now", per deployment (Redis pub/sub ignores database numbers, so a
+# deployment sharing a Redis is told apart by its KAIHOOKS_QUEUE_NAME, as its crons' queue is).
+WAKE_CHANNEL = "kaihooks:due:{queue}"
 # Payloads on DUE_CHANNEL: '' (deliveries are due now), or this prefix and an endpoint id (the endpoint was
 # changed, disabled, enabled, re-pointed, given a new secret or deleted: workers read it again).
 ENDPOINT_CHANGED = "endpoint:"
@@ -51,6 +63,11 @@ def parse(payload: str) -> Wake | EndpointChanged:
         except ValueError:
             pass
     return Wake()
+
+
+def wake_channel(queue_name: str) -> str:
+    """The Redis channel that wakes this deployment's workers (``Settings.queue_name``)."""
+    return WAKE_CHANNEL.format(queue=queue_name)
 
 
 async def notify_due(db: Executor) -> None:

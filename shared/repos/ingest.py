@@ -1,8 +1,9 @@
 """Accepting a batch of events in one statement: the event rows (skipping repeated idempotency keys),
 their deliveries (one per matching enabled endpoint, due now or when a paused endpoint resumes, with
 their deadline: the fan-out), and the agents, calls and leads they carry, newest state winning. One statement is one
-transaction and one round trip, whatever the batch size; when it made deliveries it also notifies the
-workers (``DUE_CHANNEL``), which Postgres does at commit."""
+transaction and one round trip, whatever the batch size. It tells the caller how many deliveries it made, so
+that the workers can be woken once it has committed (``shared.publishing``); it sends no ``NOTIFY`` itself
+(``shared.repos.handoff`` says why)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from datetime import datetime
 
 from shared.repos import Executor
 from shared.repos.events import NewEvent
-from shared.repos.handoff import DUE_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +83,14 @@ WITH ins AS (
         version_event = EXCLUDED.version_event, updated_at = now()
     WHERE {_NEWER}
 )
-SELECT id, (SELECT count(*) FROM (SELECT pg_notify('{DUE_CHANNEL}', '') FROM fanned LIMIT 1) n) AS woke
-FROM ins
+SELECT id, (SELECT count(*) FROM fanned) AS deliveries FROM ins
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    inserted: set[uuid.UUID]  # the events inserted (the others repeated an idempotency key)
+    deliveries: int  # the deliveries made for them
 
 
 def _columns(changes: Sequence[Change], *extra: str) -> list[list[object]]:
@@ -96,9 +101,10 @@ def _columns(changes: Sequence[Change], *extra: str) -> list[list[object]]:
 async def accept(
     db: Executor, events: Sequence[NewEvent], agents: Sequence[Change], calls: Sequence[Change],
     leads: Sequence[Change], deadline_s: float,
-) -> set[uuid.UUID]:
-    """Store the batch; returns the ids of the events inserted (the others repeated an idempotency key).
-    Their deliveries are failed ``deadline_s`` (the retry schedule's total) from now at the latest.
+) -> Stored:
+    """Store the batch; returns the ids of the events inserted (the others repeated an idempotency key) and
+    how many deliveries were made for them. Their deliveries are failed ``deadline_s`` (the retry schedule's
+    total) from now at the latest.
     Raises asyncpg's ForeignKeyViolationError, storing nothing, if a business does not exist."""
     rows = await db.fetch(
         _SQL,
@@ -108,4 +114,4 @@ async def accept(
         *_columns(calls, "status", "agent_id", "started_at"),
         *_columns(leads), deadline_s,
     )
-    return {r["id"] for r in rows}
+    return Stored({r["id"] for r in rows}, rows[0]["deliveries"] if rows else 0)
