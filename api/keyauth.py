@@ -159,7 +159,6 @@ class KeyVerifier:
     def __init__(self, settings: Settings, db: asyncpg.Pool, redis: Redis) -> None:
         self._settings = settings
         self._db = db
-        self._redis = redis
         # One connection of the pool kept for the checks (one batch at a time needs no more): no pool
         # round (lock, liveness probe) per batch. It reconnects by itself after an error.
         self._check_client = redis.client()
