@@ -24,7 +24,7 @@ RATE_LIMITED = Counter("kaihooks_rate_limited_total", "Key-authenticated request
 REDIS_FAILURES = Counter(
     "kaihooks_redis_failures_total",
     "Redis commands that failed while the process carried on in its degraded mode (alert on any rate)",
-    ["use",  # key_check | sign_in | session_rate | data_version | request
+    ["use",  # key_check | sign_in | session_rate | data_version | wake (with the bump) | request
      "kind"],  # unreachable (connection, timeout) | error (Redis answered an error: OOM, READONLY, ...)
 )
 SIGN_INS = Counter(
