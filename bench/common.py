@@ -10,13 +10,16 @@ so drift on a shared box hits both alike. The figure is app requests/s / bare re
 
 from __future__ import annotations
 
+import random
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import loadgen
 import procs
 import profiling
@@ -153,3 +156,32 @@ def get_vs_bare(ctx: Context, stack: ExitStack, *, scenario_id: str, title: str,
             url, expected=body, concurrency=concurrency, warmup_s=0.5, duration_s=seconds, pids={},
             headers=app_headers))
     return result
+
+
+async def sql(ctx: Context, *statements: str) -> list[Any]:
+    """Run statements on the bench database in order; each one's single value (None for CHECKPOINT, which a
+    server that does not let us run it skips)."""
+    conn = await asyncpg.connect(ctx.database_url)
+    try:
+        out: list[Any] = []
+        for statement in statements:
+            if statement == "CHECKPOINT":
+                try:
+                    await conn.execute(statement)
+                except asyncpg.InsufficientPrivilegeError:
+                    pass
+                out.append(None)
+            else:
+                out.append(await conn.fetchval(statement))
+        return out
+    finally:
+        await conn.close()
+
+
+def uuid7_int() -> int:
+    """A UUIDv7 as an int (time-ordered, like the app's ids); the low 20 bits are left zero, so a batch's rows may
+    take it and the next ones."""
+    ms = time.time_ns() // 1_000_000
+    rand = random.getrandbits(74) & ~((1 << 20) - 1)
+    rand_a, rand_b = rand >> 62, rand & ((1 << 62) - 1)
+    return (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0x2 << 62) | rand_b

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
@@ -99,19 +98,12 @@ class Batches:
         """The rows the app would store for batch n: ids time-ordered like the app's UUIDv7s, one timestamp."""
         started, completed = self.numbers(n)
         numbers = {STARTED: started, COMPLETED: completed}
-        base = max(_uuid7_int(), self._next_id)
+        base = max(common.uuid7_int(), self._next_id)
         self._next_id = base + BATCH
         now = datetime.now(UTC)
         return [(uuid.UUID(int=base + j), business, kind, data.replace(p, numbers[p]), key.replace(p, numbers[p]), now)
                 for j, (business, kind, data, key, p) in enumerate(self.rows)]
 
-
-def _uuid7_int() -> int:
-    """A UUIDv7 as an int; the rows of a batch take it and the next 499 (random bits have room for that)."""
-    ms = time.time_ns() // 1_000_000
-    rand = random.getrandbits(74) & ~((1 << 20) - 1)  # leave low bits for the batch's offsets
-    rand_a, rand_b = rand >> 62, rand & ((1 << 62) - 1)
-    return (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0x2 << 62) | rand_b
 
 
 # --- setup and per-window bookkeeping ----------------------------------------------------------------------
@@ -135,31 +127,14 @@ async def _make_businesses(ctx: Context, n: int) -> list[tuple[uuid.UUID, str]]:
     return [(b.id, b.public_id) for b in made]
 
 
-async def _sql(ctx: Context, *statements: str) -> list[Any]:
-    conn = await asyncpg.connect(ctx.database_url)
-    try:
-        out: list[Any] = []
-        for statement in statements:
-            if statement == "CHECKPOINT":
-                try:
-                    await conn.execute(statement)
-                except asyncpg.InsufficientPrivilegeError:
-                    pass
-                out.append(None)
-            else:
-                out.append(await conn.fetchval(statement))
-        return out
-    finally:
-        await conn.close()
-
 
 def _empty_tables(ctx: Context) -> None:
     """Every window starts from empty tables and a fresh checkpoint (no WAL flush owed by the previous one)."""
-    asyncio.run(_sql(ctx, "TRUNCATE events, calls, bench_events CASCADE", "CHECKPOINT"))
+    asyncio.run(common.sql(ctx, "TRUNCATE events, calls, bench_events CASCADE", "CHECKPOINT"))
 
 
 def _count(ctx: Context, table: str) -> int:
-    return int(asyncio.run(_sql(ctx, f"SELECT count(*) FROM {table}"))[0])
+    return int(asyncio.run(common.sql(ctx, f"SELECT count(*) FROM {table}"))[0])
 
 
 # --- the two loads ---------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ import contextlib
 import itertools
 import random
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
@@ -122,7 +121,7 @@ class Events:
 
     def row(self, n: int) -> tuple[object, ...]:
         business_uuid, _, kind, data, key, _ = self._parts(n)
-        return uuid.UUID(int=_uuid7_int()), business_uuid, kind, data, key, datetime.now(UTC)
+        return uuid.UUID(int=common.uuid7_int()), business_uuid, kind, data, key, datetime.now(UTC)
 
     def accepted(self, n: int) -> tuple[list[Any], list[Any]]:
         """The accepting statement's input for event n, as ``shared.publishing`` makes it: the event and its
@@ -132,42 +131,19 @@ class Events:
 
         business_uuid, _, kind, data, key, call_id = self._parts(n)
         now = datetime.now(UTC)
-        event = NewEvent(uuid.UUID(int=_uuid7_int()), business_uuid, kind, data, key, now)
+        event = NewEvent(uuid.UUID(int=common.uuid7_int()), business_uuid, kind, data, key, now)
         status = "in_progress" if kind == "call.started" else "completed"
         change = Change(business_uuid, call_id, data, now, event.id, status=status, agent_id=f"agt_{n % 7}",
                         started_at=callgen.START)
         return [event], [change]
 
 
-def _uuid7_int() -> int:
-    """A UUIDv7 as an int (time-ordered, like the app's ids)."""
-    ms = time.time_ns() // 1_000_000
-    rand = random.getrandbits(74)
-    return (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0x2 << 62) | (rand & ((1 << 62) - 1))
-
 
 # --- setup and per-window bookkeeping ----------------------------------------------------------------------
 
-async def _sql(ctx: Context, *statements: str) -> list[Any]:
-    conn = await asyncpg.connect(ctx.database_url)
-    try:
-        out: list[Any] = []
-        for statement in statements:
-            if statement == "CHECKPOINT":
-                try:
-                    await conn.execute(statement)
-                except asyncpg.InsufficientPrivilegeError:
-                    pass
-                out.append(None)
-            else:
-                out.append(await conn.fetchval(statement))
-        return out
-    finally:
-        await conn.close()
-
 
 def _make_table(ctx: Context) -> None:
-    asyncio.run(_sql(ctx, "DROP TABLE IF EXISTS bench_events",
+    asyncio.run(common.sql(ctx, "DROP TABLE IF EXISTS bench_events",
                      "CREATE TABLE bench_events (LIKE events INCLUDING ALL)",
                      "ALTER TABLE bench_events ADD FOREIGN KEY (business_id) REFERENCES businesses (id) "
                      "ON DELETE CASCADE"))
@@ -175,11 +151,11 @@ def _make_table(ctx: Context) -> None:
 
 def _empty_tables(ctx: Context) -> None:
     """Every window starts from empty tables and a fresh checkpoint (no WAL flush owed by the previous one)."""
-    asyncio.run(_sql(ctx, "TRUNCATE events, calls, deliveries, attempts, bench_events CASCADE", "CHECKPOINT"))
+    asyncio.run(common.sql(ctx, "TRUNCATE events, calls, deliveries, attempts, bench_events CASCADE", "CHECKPOINT"))
 
 
 def _counts(ctx: Context) -> dict[str, int]:
-    found = asyncio.run(_sql(ctx, "SELECT count(*) FROM events", "SELECT count(*) FROM deliveries",
+    found = asyncio.run(common.sql(ctx, "SELECT count(*) FROM events", "SELECT count(*) FROM deliveries",
                              "SELECT count(*) FROM bench_events"))
     return dict(zip(("events", "deliveries", "bench_events"), (int(n) for n in found), strict=True))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from shared.migrations import migrate
 from shared.settings import Settings
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant, make_tenant, with_database
 from tests.receiver import running_receiver
+from tests.test_delivery_reliability import PrivateRedis
 from tests.worker import running_worker
 from tests.world import World
 
@@ -153,3 +155,14 @@ async def world(tenant: Tenant, api: Api, settings: Settings, db: asyncpg.Connec
     key = (await tenant.create_key(scopes=["webhooks:read", "webhooks:write", "events:read"]))["key"]
     async with running_receiver() as receiver, running_worker(settings):
         yield World(api, tenant, receiver, key, db)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[PrivateRedis]:
+    """A Redis of the test's own (to stop, restart or flush without touching other tests)."""
+    server = PrivateRedis()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):  # a test may have stopped it
+            server.stop()

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -48,8 +48,8 @@ WORKER_ENV = {
 @pytest.fixture
 def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
     values: dict[str, Any] = {"allow_private_targets": True}
-    if "private_redis" in request.fixturenames:
-        values["REDIS_URL"] = request.getfixturevalue("private_redis").url
+    if "own_redis" in request.fixturenames:
+        values["REDIS_URL"] = request.getfixturevalue("own_redis").url
     return values
 
 
@@ -72,16 +72,6 @@ class PrivateRedis:
 
         self._server = ValkeyServer(port=self.port, persist=False)
         self._server.start()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
 
 
 # ---- polling ----------------------------------------------------------------------------------------
@@ -421,11 +411,11 @@ async def test_kill_9_mid_load_loses_nothing_and_duplicates_only_what_was_in_fli
 
 
 async def test_redis_flushall_mid_load_loses_nothing_and_delivery_resumes(rig: Rig,
-                                                                         private_redis: PrivateRedis) -> None:
+                                                                         own_redis: PrivateRedis) -> None:
     slow, flaky = "/slow/20/flush", "/flaky/1/5/flush"  # flaky: every first attempt fails; retries via Postgres
     slow_ep, flaky_ep = await rig.endpoint(slow), await rig.endpoint(flaky)
     worker = await rig.workers.start()
-    queue = redis.asyncio.Redis.from_url(private_redis.url)
+    queue = redis.asyncio.Redis.from_url(own_redis.url)
     try:
         before = await rig.publish(100, batch=25)
         await until(lambda: len(rig.receiver.ids_at(slow)) >= 30, 20, "the load is under way")
@@ -453,7 +443,7 @@ async def test_redis_flushall_mid_load_loses_nothing_and_delivery_resumes(rig: R
     assert time.monotonic() - flushed_at < 45
 
 
-async def test_a_redis_restart_mid_load_does_not_stop_delivery(rig: Rig, private_redis: PrivateRedis) -> None:
+async def test_a_redis_restart_mid_load_does_not_stop_delivery(rig: Rig, own_redis: PrivateRedis) -> None:
     """R2 with a real restart rather than FLUSHALL: Redis goes away for a moment and comes back empty. Postgres
     holds all the work, so the worker must ride it out and carry on by itself (no supervisor restarts it here)."""
     path = "/slow/20/restart"
@@ -461,11 +451,11 @@ async def test_a_redis_restart_mid_load_does_not_stop_delivery(rig: Rig, private
     worker = await rig.workers.start()
     before = await rig.publish(60, batch=20)
     await until(lambda: len(rig.receiver.ids_at(path)) >= 20, 20, "the load is under way")
-    private_redis.stop()
+    own_redis.stop()
     try:
         during = await rig.publish(40, batch=20)  # accepted (202) while Redis is down: the sweeper's job
     finally:
-        private_redis.start_empty()
+        own_redis.start_empty()
     after = await rig.publish(40, batch=20)
     everything = set(before + during + after)
 

@@ -5,7 +5,6 @@ counted in ``kaihooks_redis_failures_total`` for alerting. The Redis here is thi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,15 +13,6 @@ import redis
 from tests.helpers import INTERNAL_TOKEN, Api, Tenant
 from tests.test_delivery_reliability import PrivateRedis
 from tests.test_publishing import event, publish
-
-
-@pytest.fixture
-def own_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ fallback that keeps deliveries going while Redis is away. The Redis here is this
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,16 +21,6 @@ from tests.world import FAST, World
 
 SLOW_POLL_S = 60.0  # far longer than any test here: a quick delivery can only come from a wake-up
 QUICK_S = 1.0  # publish -> receipt when woken (tens of milliseconds on a quiet machine)
-
-
-@pytest.fixture
-def own_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(Exception):  # a test may have stopped it
-            server.stop()
 
 
 @pytest.fixture
